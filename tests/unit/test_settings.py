@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from worker.errors import ConfigError
+from worker.settings import AlertRule, Secret, Settings
+
+
+def test_environment_and_overrides() -> None:
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": "a:1",
+        "SCANSTREAM_MAX_FRAMES": "7",
+        "SCANSTREAM_REQUIRE_GPU": "true",
+        "SCANSTREAM_ALERT_RULES": "lesion>=0.5@ct:critical",
+    }
+    s = Settings.from_env(env, group_id="g")
+    assert (s.bootstrap_servers, s.max_frames, s.require_gpu, s.group_id) == ("a:1", 7, True, "g")
+    assert s.alert_rules == (AlertRule("lesion", 0.5, "CT", "critical"),)
+    # The project-specific variable wins over the conventional one.
+    both = Settings.from_env(
+        {"KAFKA_BOOTSTRAP_SERVERS": "a:1", "SCANSTREAM_BOOTSTRAP_SERVERS": "b:2"}
+    )
+    assert both.bootstrap_servers == "b:2"
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"SCANSTREAM_MAX_FRAMES": "x"}, "SCANSTREAM_MAX_FRAMES"),
+        ({"SCANSTREAM_MAX_FRAMES": "0"}, "at least 1"),
+        ({"SCANSTREAM_DELIVERY": "twice"}, "exactly-once"),
+        ({"SCANSTREAM_REQUIRE_GPU": "maybe"}, "boolean"),
+        ({"SCANSTREAM_ALERT_RULES": "lesion=0.5"}, "label>=threshold"),
+        ({"SCANSTREAM_ALERT_RULES": "lesion>=2"}, "[0, 1]"),
+        ({"SCANSTREAM_DLQ_TOPIC": "scans.events"}, "must differ"),
+        ({"SCANSTREAM_METRICS_PORT": "70000"}, "TCP port"),
+    ],
+)
+def test_misconfiguration_names_what_to_fix(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=None) as info:
+        Settings.from_env(env)
+    assert fragment in str(info.value)
+
+
+def test_secret_never_printed() -> None:
+    s = Settings.from_env({"SCANSTREAM_PSEUDONYM_KEY": "hunter2"})
+    assert s.pseudonym_key == Secret("hunter2")
+    assert "hunter2" not in repr(s)
+    assert "hunter2" not in str(s.describe())
+    assert s.describe()["pseudonym_key"] == "***"

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``scanstream bench``: each measures one stage on a deterministic workload."""

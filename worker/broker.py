@@ -1,0 +1,362 @@
+"""The local Apache Kafka broker for development, the demo and the integration tests.
+
+There is no Docker engine on our build machines, so the broker comes from its Maven Central jars:
+``org.apache.kafka:kafka_2.13`` and its runtime dependencies, fetched once with Maven into a cache
+outside the repository (``$SCANSTREAM_CACHE``, default ``~/.cache/scanstream``). ``start`` formats
+KRaft storage in a fresh directory, runs one combined broker+controller on free loopback ports
+with single-node settings (replication factor 1, no initial rebalance delay, 16 MiB+ message
+limits), waits until it answers a metadata request, and records its pid and address in a state
+file so that ``status`` and ``stop`` can find it from another process.
+
+>>> jars_dir("4.1.1").name
+'kafka-4.1.1'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Final
+
+from worker.errors import BrokerError
+
+KAFKA_VERSION: Final = "4.1.1"
+SLF4J_VERSION: Final = "2.0.17"
+LOG4J_VERSION: Final = "2.24.3"
+MESSAGE_MAX_BYTES: Final = 32 * 1024 * 1024  # above the worker's 16 MiB default event limit
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>scanstream</groupId><artifactId>kafka-broker-jars</artifactId>
+  <version>1</version><packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version></dependency>
+    <!-- Kafka 4 logs through SLF4J 2 to Log4j 2; without a binding it would log nothing. -->
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId>
+      <version>{slf4j}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j2-impl</artifactId><version>{log4j}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J2 = """status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    """A running local broker as recorded in its state file."""
+
+    pid: int
+    bootstrap: str
+    controller_port: int
+    data_dir: str
+    log_file: str
+    version: str = KAFKA_VERSION
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SCANSTREAM_CACHE", Path.home() / ".cache" / "scanstream"))
+
+
+def jars_dir(version: str = KAFKA_VERSION) -> Path:
+    return cache_root() / f"kafka-{version}"
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("SCANSTREAM_BROKER_DIR", cache_root() / "broker"))
+
+
+def _require(tool: str, hint: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise BrokerError(f"`{tool}` was not found on PATH. {hint}")
+    return path
+
+
+def _java() -> str:
+    hint = "Install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)."
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    return _require("java", hint)
+
+
+def fetch_jars(version: str = KAFKA_VERSION) -> Path:
+    """Download the broker jars with Maven once; later calls return the cached folder."""
+    target = jars_dir(version)
+    if (target / ".complete").exists():
+        return target
+    mvn = _require("mvn", "Install Apache Maven 3.8+ (Debian: apt-get install maven).")
+    _java()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="scanstream-pom-") as tmp:
+        pom = Path(tmp) / "pom.xml"
+        pom.write_text(_POM.format(kafka=version, slf4j=SLF4J_VERSION, log4j=LOG4J_VERSION))
+        staging = Path(tmp) / "jars"
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+        if proc.returncode != 0 or not any(staging.glob(f"kafka_2.13-{version}.jar")):
+            tail = (proc.stdout + proc.stderr)[-2000:]
+            raise BrokerError(
+                f"Maven could not fetch org.apache.kafka:kafka_2.13:{version} "
+                f"(exit {proc.returncode}). Check that Maven Central is reachable.\n{tail}"
+            )
+        # Move into place only when complete, so an interrupted fetch is never used.
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(staging, target)
+    (target / ".complete").write_text(version)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as dead.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _state_file(state_dir: Path) -> Path:
+    return state_dir / "broker.json"
+
+
+def status(state_dir: Path | None = None) -> BrokerInfo | None:
+    """The running broker recorded in ``state_dir``, or None if there is none."""
+    path = _state_file(state_dir or default_state_dir())
+    try:
+        info = BrokerInfo(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    host, _, port = info.bootstrap.rpartition(":")
+    if _pid_alive(info.pid) and _port_open(host, int(port)):
+        return info
+    return None
+
+
+def _properties(port: int, controller_port: int, data_dir: Path) -> str:
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(data_dir / "logs"),
+        "num.partitions": "3",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "3",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "3",
+        "group.initial.rebalance.delay.ms": "0",
+        "message.max.bytes": str(MESSAGE_MAX_BYTES),
+        "replica.fetch.max.bytes": str(MESSAGE_MAX_BYTES),
+        "socket.request.max.bytes": str(4 * MESSAGE_MAX_BYTES),
+        "auto.create.topics.enable": "false",
+        "log.retention.hours": "24",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+    }
+    return "".join(f"{k}={v}\n" for k, v in settings.items())
+
+
+def start(
+    state_dir: Path | None = None, port: int | None = None, timeout_s: float = 90.0
+) -> tuple[BrokerInfo, bool]:
+    """Start a broker (or find the running one). Returns (info, started_now)."""
+    state_dir = state_dir or default_state_dir()
+    running = status(state_dir)
+    if running is not None:
+        return running, False
+    jars = fetch_jars()
+    java = _java()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="kafka-", dir=state_dir))
+    port = port or free_port()
+    controller_port = free_port()
+    while controller_port == port:
+        controller_port = free_port()
+    props = data_dir / "server.properties"
+    props.write_text(_properties(port, controller_port, data_dir))
+    log_file = data_dir / "server.log"
+    log_cfg = data_dir / "log4j2.properties"
+    log_cfg.write_text(_LOG4J2.format(log=log_file))
+    classpath = f"{jars}/*"
+    jvm = [
+        java,
+        "-Xms256m",
+        "-Xmx1g",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log_cfg}",
+        "-cp",
+        classpath,
+    ]
+    cluster_id = _cluster_id()
+    fmt = subprocess.run(
+        [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if fmt.returncode != 0:
+        raise BrokerError(f"formatting KRaft storage failed:\n{(fmt.stdout + fmt.stderr)[-2000:]}")
+    with open(data_dir / "stdout.log", "wb") as out:
+        proc = subprocess.Popen(
+            [*jvm, "kafka.Kafka", str(props)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # own process group: stop() can kill the whole JVM tree
+        )
+    info = BrokerInfo(proc.pid, f"127.0.0.1:{port}", controller_port, str(data_dir), str(log_file))
+    try:
+        _wait_ready(info, proc, timeout_s)
+    except BrokerError:
+        _kill(proc.pid)
+        raise
+    _state_file(state_dir).write_text(json.dumps(asdict(info)))
+    return info, True
+
+
+def _cluster_id() -> str:
+    # KRaft wants a base64url-encoded 16-byte UUID without padding.
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _wait_ready(info: BrokerInfo, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Wait until the broker answers a metadata request."""
+    from kafka import KafkaAdminClient
+
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    host, _, port = info.bootstrap.rpartition(":")
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = Path(info.data_dir, "stdout.log").read_text(errors="replace")[-2000:]
+            raise BrokerError(f"the Kafka broker exited with {proc.returncode}:\n{tail}")
+        if _port_open(host, int(port)):
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=info.bootstrap, request_timeout_ms=5000)
+                try:
+                    admin.describe_cluster()
+                    return
+                finally:
+                    admin.close()
+            except Exception as exc:  # noqa: BLE001 - any failure here means "not yet"
+                last = exc
+        time.sleep(0.3)
+    raise BrokerError(f"the Kafka broker did not answer within {timeout_s:.0f} s ({last!r})")
+
+
+def _kill(pid: int, grace_s: float = 20.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _pid_alive(pid):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.2)
+    if _pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def stop(state_dir: Path | None = None, keep_data: bool = False) -> BrokerInfo | None:
+    """Stop the recorded broker and remove its data. Returns what was stopped, if anything."""
+    state_dir = state_dir or default_state_dir()
+    path = _state_file(state_dir)
+    try:
+        info = BrokerInfo(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    _kill(info.pid)
+    path.unlink(missing_ok=True)
+    if not keep_data:
+        shutil.rmtree(info.data_dir, ignore_errors=True)
+    return info
+
+
+def restart_in_place(info: BrokerInfo, state_dir: Path, down_s: float = 0.0) -> BrokerInfo:
+    """Stop the broker process and start it again on the same ports and data (fault tests)."""
+    _kill(info.pid)
+    time.sleep(down_s)
+    data_dir = Path(info.data_dir)
+    log_cfg = data_dir / "log4j2.properties"
+    jvm = [
+        _java(),
+        "-Xms256m",
+        "-Xmx1g",
+        "-XX:+UseG1GC",
+        f"-Dlog4j2.configurationFile={log_cfg}",
+        "-cp",
+        f"{fetch_jars()}/*",
+    ]
+    with open(data_dir / "stdout.log", "ab") as out:
+        proc = subprocess.Popen(
+            [*jvm, "kafka.Kafka", str(data_dir / "server.properties")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    new = BrokerInfo(proc.pid, info.bootstrap, info.controller_port, info.data_dir, info.log_file)
+    _wait_ready(new, proc, 90.0)
+    _state_file(state_dir).write_text(json.dumps(asdict(new)))
+    return new

@@ -1,0 +1,241 @@
+"""The ``scanstream`` command: run, publish, analyze, demo, broker, models, train, bench.
+
+Every subcommand reads its settings once (environment ``SCANSTREAM_*``/``KAFKA_BOOTSTRAP_SERVERS``
+plus the flags given here) and fails fast, with exit code 2 and one line that says what to fix,
+on a misconfiguration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from worker.errors import BrokerError, ConfigError, ModelError, ScanStreamError
+from worker.settings import Settings
+
+log = logging.getLogger("scanstream")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in (
+        "bootstrap_servers",
+        "group_id",
+        "delivery",
+        "metrics_port",
+        "models_dir",
+        "require_gpu",
+        "batch_max_size",
+        "batch_max_delay_ms",
+    ):
+        value = getattr(args, name, None)
+        if value is not None and value is not False:
+            overrides[name] = value
+    return Settings.from_env(**overrides)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from worker import broker
+
+    if args.action == "fetch":
+        print(broker.fetch_jars())
+    elif args.action == "start":
+        info, started = broker.start()
+        verb = "started" if started else "already running"
+        print(f"Kafka {info.version} {verb} (pid {info.pid}); bootstrap: {info.bootstrap}")
+        print(f"export KAFKA_BOOTSTRAP_SERVERS={info.bootstrap}")
+    elif args.action == "stop":
+        stopped = broker.stop()
+        print(f"stopped the broker (pid {stopped.pid})" if stopped else "no broker was running")
+    else:
+        running = broker.status()
+        if running is None:
+            print("not running")
+            return 3
+        print(f"running (pid {running.pid}); bootstrap: {running.bootstrap}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from worker.runtime.service import run_worker
+
+    settings = _settings(args)
+    return run_worker(
+        settings, drain=args.drain, processes=args.processes, max_events=args.max_events
+    )
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from worker.runtime import kafka as kafka_clients
+    from worker.runtime.publisher import publish_files
+
+    settings = _settings(args)
+    bootstrap, _ = kafka_clients.resolve_bootstrap(settings, start_local=False)
+    kafka_clients.ensure_topics(bootstrap, settings)
+    sent = publish_files(args.paths, bootstrap, settings, reference=args.reference)
+    print(f"published {len(sent)} event(s) to {settings.events_topic} at {bootstrap}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from worker.contract import ScanEvent
+    from worker.errors import Rejection
+    from worker.inference import ModelSet
+    from worker.pipeline import analyze
+    from worker.runtime.publisher import iter_files
+
+    settings = _settings(args)
+    models = ModelSet.load(
+        Path(settings.models_dir) if settings.models_dir else None, settings.require_gpu
+    )
+    status = 0
+    for path in iter_files(args.paths):
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            print(json.dumps({"error": "unreadable", "detail": str(exc), "path": str(path)}))
+            status = 1
+            continue
+        try:
+            finding = analyze(
+                ScanEvent(str(path), path.stat().st_mtime, data=data), models, settings
+            )
+            print(json.dumps(finding))
+        except Rejection as exc:
+            print(json.dumps({"rejected": exc.reason, "detail": exc.detail, "path": str(path)}))
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch
+            print(
+                json.dumps(
+                    {
+                        "rejected": "internal_error",
+                        "detail": f"{type(exc).__name__}: {exc}",
+                        "path": str(path),
+                    }
+                )
+            )
+    return status
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from worker.demo import run_demo
+
+    return run_demo(_settings(args), timeout_s=args.timeout)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from worker.inference import list_models, verify_models
+
+    models_dir = Path(args.models_dir) if args.models_dir else None
+    if args.action == "list":
+        for card in list_models(models_dir):
+            print(f"{card.name}\t{card.version}\t{card.task}\t{card.path}")
+        return 0
+    results = verify_models(models_dir)
+    for path, ok, message in results:
+        print(f"{'OK  ' if ok else 'FAIL'} {path}: {message}")
+    return 0 if results and all(ok for _, ok, _ in results) else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from worker.training import train_all
+
+    evaluation = train_all(Path(args.out), seed=args.seed)
+    print(json.dumps(evaluation, indent=2, default=str))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from worker.bench.suite import run_bench
+
+    result = run_bench(args.stage, Path(args.results))
+    print(json.dumps(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scanstream", description=__doc__)
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def kafka_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--bootstrap-servers",
+            dest="bootstrap_servers",
+            help="Kafka address (default: $KAFKA_BOOTSTRAP_SERVERS or the local broker)",
+        )
+        p.add_argument("--group-id", dest="group_id")
+
+    p = sub.add_parser("run", help="consume scan events and publish findings")
+    kafka_flags(p)
+    p.add_argument("--drain", action="store_true", help="exit once caught up (burst mode)")
+    p.add_argument("--processes", type=int, default=1, help="consumer processes in this group")
+    p.add_argument("--max-events", type=int, default=None)
+    p.add_argument("--delivery", choices=["at-least-once", "exactly-once"])
+    p.add_argument("--metrics-port", type=int, dest="metrics_port")
+    p.add_argument("--require-gpu", action="store_true", dest="require_gpu")
+    p.add_argument("--models-dir", dest="models_dir")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("publish", help="publish DICOM files or folders as scan events")
+    kafka_flags(p)
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--reference", action="store_true", help="send file:// claim-check events")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("analyze", help="run the pipeline offline, one JSON line per file")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--models-dir", dest="models_dir")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("demo", help="local broker + worker + pydicom samples, end to end")
+    kafka_flags(p)
+    p.add_argument("--timeout", type=float, default=150.0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("broker", help="the local Apache Kafka (KRaft) for development and tests")
+    p.add_argument("action", choices=["start", "stop", "status", "fetch"])
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("models", help="list or verify the ONNX models and their cards")
+    p.add_argument("action", choices=["list", "verify"])
+    p.add_argument("--models-dir", dest="models_dir")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help="retrain the shipped demonstration models")
+    p.add_argument("--out", default="build/models")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="the benchmark suite")
+    p.add_argument("--stage", choices=["all", "imaging", "inference", "e2e"], default="all")
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from worker.runtime import jsonlog
+
+    try:
+        level = args.log_level or Settings.from_env().log_level
+        jsonlog.setup(level)
+        code: int = args.func(args)
+        return code
+    except (ConfigError, BrokerError, ModelError) as exc:
+        print(f"scanstream: {exc}", file=sys.stderr)
+        return 2
+    except ScanStreamError as exc:
+        print(f"scanstream: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""``scanstream demo``: the whole product on one machine in about a minute.
+
+Starts the local Kafka broker unless one is configured, starts a worker (in this process, its
+own consumer group), publishes real DICOM samples bundled with pydicom plus two synthetic CT
+phantoms (one with a lesion, to show an alert), prints each finding or dead letter with its
+end-to-end latency as it arrives, then stops everything it started. Exit code 0 means every
+published event came back as exactly one finding or dead letter.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pydicom
+
+from worker import broker
+from worker.phantoms import Lesion, ct_slice, encode_ct
+from worker.runtime import kafka as kafka_clients
+from worker.runtime.publisher import event_headers, study_key
+from worker.runtime.service import start_worker
+from worker.settings import Settings
+
+# Real samples across transfer syntaxes and photometric interpretations.
+SAMPLES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "MR_small_bigendian.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_jp2klossless.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "JPEG2000.dcm",
+    "JPGExtended.dcm",
+    "693_J2KI.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "SC_rgb_rle_2frame.dcm",
+    "examples_palette.dcm",
+    "examples_ybr_color.dcm",
+    "examples_rgb_color.dcm",
+    "image_dfl.dcm",
+    "rtdose.dcm",
+)
+
+
+def pydicom_test_files() -> Path:
+    # Globbing the folder directly: pydicom's get_testdata_files() may try to download.
+    return Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def demo_events() -> list[tuple[str, bytes]]:
+    base = pydicom_test_files()
+    events = [(name, (base / name).read_bytes()) for name in SAMPLES if (base / name).exists()]
+    events.append(("phantom-normal", encode_ct(ct_slice(7, 256), study="demo", instance=1)))
+    lesion = Lesion(row=120, col=100, radius=14, contrast_hu=180)
+    events.append(("phantom-lesion", encode_ct(ct_slice(8, 256, lesion), study="demo", instance=2)))
+    return events
+
+
+def run_demo(settings: Settings, timeout_s: float = 150.0) -> int:
+    t_start = time.monotonic()
+    started_broker = False
+    if settings.bootstrap_servers:
+        bootstrap = settings.bootstrap_servers
+    else:
+        print("starting the local Apache Kafka broker (first run downloads its jars) ...")
+        info, started_broker = broker.start()
+        bootstrap = info.bootstrap
+    print(f"broker: {bootstrap}")
+    run_id = uuid.uuid4().hex[:8]
+    # A fresh group that starts at the end: the demo sees its own events, not old backlog.
+    settings = settings.replace(group_id=f"scanstream-demo-{run_id}", worker_id=f"demo-{run_id}")
+    try:
+        kafka_clients.ensure_topics(bootstrap, settings)
+        worker, _, health = start_worker(settings, bootstrap)
+        worker.consumer.config["auto_offset_reset"] = "latest"
+        thread = threading.Thread(target=worker.run, name="worker", daemon=True)
+        thread.start()
+        try:
+            return _publish_and_watch(settings, bootstrap, health, timeout_s, t_start)
+        finally:
+            worker.stop()
+            thread.join(timeout=settings.grace_period_s)
+    finally:
+        if started_broker:
+            broker.stop()
+            print("stopped the local broker")
+
+
+def _publish_and_watch(
+    settings: Settings, bootstrap: str, health: object, timeout_s: float, t_start: float
+) -> int:
+    deadline = time.monotonic() + timeout_s
+    while not health.ready():  # type: ignore[attr-defined]
+        if time.monotonic() > deadline:
+            print("the worker never got its partitions assigned")
+            return 1
+        time.sleep(0.1)
+    watcher = kafka_clients.consumer(bootstrap, settings, group_id=None)
+    from kafka import TopicPartition
+
+    tps = [
+        TopicPartition(t, p)
+        for t in (settings.findings_topic, settings.dlq_topic)
+        for p in (watcher.partitions_for_topic(t) or {0})
+    ]
+    watcher.assign(tps)
+    watcher.seek_to_end(*tps)
+    for tp in tps:
+        watcher.position(tp)  # resolve "end" now, before anything is published
+    producer = kafka_clients.producer(bootstrap, settings)
+    pending: dict[str, str] = {}
+    for name, data in demo_events():
+        event_id = str(uuid.uuid4())
+        producer.send(
+            settings.events_topic,
+            key=study_key(data),
+            value=data,
+            headers=event_headers(event_id, time.time(), "application/dicom"),
+        )
+        pending[event_id] = name
+    producer.flush()
+    producer.close()
+    total = len(pending)
+    print(f"published {total} instances to {settings.events_topic}\n")
+    print(
+        f"{'sample':<30} {'modality':<8} {'frames':>6} {'size':>9} {'cnn p':>6} {'svm p':>6} "
+        f"{'provider':<10} {'latency':>9}"
+    )
+    findings = 0
+    while pending and time.monotonic() < deadline:
+        for tp, records in watcher.poll(timeout_ms=200).items():
+            for record in records:
+                findings += _show(record, tp.topic == settings.dlq_topic, pending)
+    watcher.close()
+    elapsed = time.monotonic() - t_start
+    print(
+        f"\n{total - len(pending)}/{total} events answered: {findings} findings, "
+        f"{total - len(pending) - findings} dead letters, in {elapsed:.1f} s"
+    )
+    if pending:
+        print("no answer for: " + ", ".join(sorted(pending.values())))
+        return 1
+    return 0
+
+
+def _show(record: object, dead: bool, pending: dict[str, str]) -> int:
+    headers = dict(record.headers or [])  # type: ignore[attr-defined]
+    if dead:
+        event_id = headers.get("event-id", b"").decode()
+        if event_id in pending:
+            reason = headers.get("scanstream.error.reason", b"?").decode()
+            print(f"{pending.pop(event_id):<30} dead letter: {reason}")
+        return 0
+    finding = json.loads(record.value)  # type: ignore[attr-defined]
+    name = pending.pop(finding["event_id"], None)
+    if name is None:
+        return 0
+    probs = {c["model"]: c["probability"] for c in finding["classifications"]}
+    provider = finding["models"][0]["execution_provider"] if finding["models"] else "-"
+    provider = provider.replace("ExecutionProvider", "")
+    print(
+        f"{name:<30} {finding['modality']:<8} {finding['frame_count']:>6} "
+        f"{finding['rows']:>4}x{finding['columns']:<4} {probs.get('cnn', 0):>6.2f} "
+        f"{probs.get('svm', 0):>6.2f} {provider:<10} {finding['latency_ms']:>7.1f}ms"
+    )
+    return 1

@@ -1,0 +1,66 @@
+"""One exception root for the project, and the reason codes of the dead-letter contract.
+
+Every error the worker raises on purpose derives from :class:`ScanStreamError`. Errors about one
+event are :class:`Rejection` and carry a reason code from :data:`REASONS`; the runtime turns them
+into dead letters. Library errors are wrapped with ``raise Rejection(...) from exc`` so the cause
+is kept for the log while the dead letter carries only the reason and a short detail.
+
+>>> err = Rejection("not_dicom", "no DICM preamble")
+>>> err.reason, str(err)
+('not_dicom', 'not_dicom: no DICM preamble')
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, get_args
+
+Reason = Literal[
+    "not_dicom",
+    "truncated",
+    "no_pixel_data",
+    "unsupported_transfer_syntax",
+    "decode_error",
+    "integrity_error",
+    "too_large",
+    "schema_error",
+    "fetch_error",
+    "internal_error",
+]
+REASONS: Final[tuple[str, ...]] = get_args(Reason)
+
+
+class ScanStreamError(Exception):
+    """Root of every error ScanStream raises on purpose."""
+
+
+class ConfigError(ScanStreamError):
+    """A misconfiguration found at start; the message says what to fix."""
+
+
+class BrokerError(ScanStreamError):
+    """The local Kafka broker could not be provisioned, started or reached."""
+
+
+class ModelError(ScanStreamError):
+    """A model file or card is missing, tampered with, or cannot run where required."""
+
+
+class Rejection(ScanStreamError):
+    """One event cannot become a finding; it goes to the dead letters with ``reason``."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        if reason not in REASONS:  # a typo here would silently break the contract
+            raise ValueError(f"unknown rejection reason {reason!r}")
+        self.reason: Reason = reason
+        # Details end up in a Kafka header: keep them short and single-line.
+        self.detail = " ".join(detail.split())[:500]
+        super().__init__(f"{reason}: {self.detail}")
+
+
+class TransientError(ScanStreamError):
+    """A failure worth retrying (a fetch that timed out, a broker that was away)."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        self.reason: Reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")

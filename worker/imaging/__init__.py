@@ -1,0 +1,90 @@
+"""Image analysis: filtering, windowing, edges and the per-frame feature vector.
+
+Everything works on float32 frames in modality units (HU for CT), never squeezed to 8 bits.
+:func:`analyze_frame` runs the whole stage on one frame; the pure functions it is built from are
+exported for tests and reuse. :data:`FEATURE_NAMES` is the frozen order of the SVM's input.
+
+>>> import numpy as np
+>>> from worker.phantoms import ct_slice
+>>> result = analyze_frame(ct_slice(seed=3, size=128), "CT")
+>>> dict(zip(FEATURE_NAMES, result.features.tolist()))["edge_density"] > 0
+True
+"""
+
+from worker.imaging.config import DENOISERS, Denoise, ImagingConfig
+from worker.imaging.edges import (
+    CANNY_METHODS,
+    CannyMethod,
+    EdgeRegions,
+    Gradient,
+    auto_thresholds,
+    canny,
+    canny_auto,
+    edge_indices,
+    edge_regions,
+    orientation,
+    sobel,
+)
+from worker.imaging.feature_vector import FEATURE_NAMES, features, glcm_props, quantise
+from worker.imaging.filters import (
+    as_float32,
+    gaussian_filter,
+    gaussian_ksize,
+    mean_filter,
+    median_filter,
+)
+from worker.imaging.pipeline import (
+    STAGES,
+    FrameAnalysis,
+    analyze_frame,
+    analyze_frame_stages,
+    denoise,
+)
+from worker.imaging.thumbnail import edge_thumbnail, write_thumbnail
+from worker.imaging.window import (
+    CT_WINDOWS,
+    DEFAULT_PERCENTILES,
+    MODALITY_PERCENTILES,
+    default_window,
+    percentile_window,
+    window,
+)
+
+__all__ = [
+    "CANNY_METHODS",
+    "CT_WINDOWS",
+    "DEFAULT_PERCENTILES",
+    "DENOISERS",
+    "FEATURE_NAMES",
+    "MODALITY_PERCENTILES",
+    "STAGES",
+    "CannyMethod",
+    "Denoise",
+    "EdgeRegions",
+    "FrameAnalysis",
+    "Gradient",
+    "ImagingConfig",
+    "analyze_frame",
+    "analyze_frame_stages",
+    "as_float32",
+    "auto_thresholds",
+    "canny",
+    "canny_auto",
+    "default_window",
+    "denoise",
+    "edge_indices",
+    "edge_regions",
+    "edge_thumbnail",
+    "features",
+    "gaussian_filter",
+    "gaussian_ksize",
+    "glcm_props",
+    "mean_filter",
+    "median_filter",
+    "orientation",
+    "percentile_window",
+    "quantise",
+    "sobel",
+    "window",
+    "write_thumbnail",
+]

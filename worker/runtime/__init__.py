@@ -1,0 +1,1 @@
+"""Kafka at the edge: clients, topics, the consumer loop and the publisher."""

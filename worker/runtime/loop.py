@@ -1,0 +1,334 @@
+"""The consumer loop: poll -> process -> produce -> commit, and nothing else.
+
+Delivery: offsets are committed only after every finding, alert and dead letter produced for
+them is acknowledged by the broker (``acks=all``, idempotent producer), so a crash at any point
+replays events rather than losing them (at-least-once). In ``exactly-once`` mode the results and
+the offsets are committed in one Kafka transaction, so a ``read_committed`` subscriber sees each
+finding once.
+
+Backpressure: each poll takes at most ``max_poll_records`` events and the loop finishes them
+before polling again, so in-flight work is bounded by construction and a slow model slows the
+poll rate instead of growing a queue (keep ``max_poll_records`` x the slowest event's time well
+under ``max_poll_interval_ms``). Inference of all frames of one poll is micro-batched across
+events (``batch_max_size``, ``batch_max_delay_ms``).
+
+Shutdown: SIGTERM/SIGINT stop polling; the current batch is finished, produced and committed,
+then the consumer leaves the group. ``drain=True`` exits once the assigned partitions are caught
+up with their end offsets (burst mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from kafka import OffsetAndMetadata, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from worker.contract import dead_letter_headers, parse_event
+from worker.errors import Rejection, TransientError
+from worker.imaging import ImagingConfig
+from worker.inference import MicroBatcher, ModelSet, Prediction
+from worker.metrics import Health, Metrics
+from worker.pipeline import Prepared, build_alerts, build_finding, prepare
+from worker.runtime import kafka as kafka_clients
+from worker.runtime.jsonlog import log_event
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunStats:
+    consumed: int = 0
+    findings: int = 0
+    dead_letters: int = 0
+    alerts: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Outcome:
+    record: ConsumerRecord
+    prepared: Prepared | None = None
+    futures: list[Future[tuple[Prediction, dict[str, float]]]] = field(default_factory=list)
+    rejection: Rejection | None = None
+
+
+class Worker:
+    """One consumer in the group. ``run()`` blocks until stopped, drained or ``max_events``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        models: ModelSet,
+        metrics: Metrics,
+        health: Health,
+        imaging: ImagingConfig = ImagingConfig(),
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.models = models
+        self.metrics = metrics
+        self.health = health
+        self.imaging = imaging
+        self.stats = RunStats()
+        self._stop = threading.Event()
+        transactional = settings.delivery == "exactly-once"
+        self._transactional = transactional
+        extra: dict[str, Any] = {}
+        if transactional:
+            extra["transactional_id"] = f"scanstream-{settings.group_id}-{settings.worker_id}"
+        self.producer = kafka_clients.producer(bootstrap, settings, **extra)
+        if transactional:
+            self.producer.init_transactions()
+        self.consumer = kafka_clients.consumer(
+            bootstrap, settings, isolation_level="read_committed"
+        )
+        self.consumer.subscribe([settings.events_topic], listener=_Rebalance(self))
+        self.batcher = MicroBatcher(
+            models,
+            settings.batch_max_size,
+            settings.batch_max_delay_ms,
+            on_batch=self._on_batch,
+        )
+
+    # -- control -----------------------------------------------------------------------------
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: draining and leaving the group", signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self, drain: bool = False, max_events: int | None = None) -> RunStats:
+        try:
+            while not self._stop.is_set():
+                self.health.beat()
+                batch = self.consumer.poll(
+                    timeout_ms=self.settings.poll_timeout_ms,
+                    max_records=self.settings.max_poll_records,
+                )
+                self.health.set_ready(bool(self.consumer.assignment()))
+                records = [r for recs in batch.values() for r in recs]
+                if records:
+                    self._process(records)
+                elif drain and self._caught_up():
+                    break
+                if max_events is not None and self.stats.consumed >= max_events:
+                    break
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        self.health.set_ready(False)
+        self.batcher.close()
+        try:
+            self.consumer.close()  # leaves the group, so partitions move on at once
+        finally:
+            self.producer.close(timeout=self.settings.grace_period_s)
+
+    # -- the loop body -----------------------------------------------------------------------
+    def _process(self, records: list[ConsumerRecord]) -> None:
+        self.metrics.set_in_flight(len(records))
+        outcomes = [self._prepare(r) for r in records]
+        if self._transactional:
+            self.producer.begin_transaction()
+        sends: list[tuple[Future[Any], float | None]] = []
+        for outcome in outcomes:
+            sends.extend(self._emit(outcome))
+        t0 = time.perf_counter()
+        self.producer.flush()
+        for future, _ in sends:
+            future.get(timeout=self.settings.grace_period_s)  # raises if the broker refused
+        self.metrics.observe_stage("produce", time.perf_counter() - t0)
+        now = time.time()
+        for _, sent_at in sends:
+            if sent_at is not None:
+                self.metrics.observe_e2e(max(0.0, now - sent_at))
+        self._commit(records)
+        self.metrics.set_in_flight(0)
+        self._update_lag(records)
+
+    def _prepare(self, record: ConsumerRecord) -> _Outcome:
+        self.stats.consumed += 1
+        outcome = _Outcome(record)
+        default_id = f"{record.topic}-{record.partition}-{record.offset}"
+        try:
+            event = parse_event(
+                record.value, record.headers or [], default_id, record.timestamp / 1e3
+            )
+            prepared = self._with_retries(event)
+            for stage, ms in prepared.timings_ms.items():
+                self.metrics.observe_stage(stage, ms / 1e3)
+            outcome.prepared = prepared
+            outcome.futures = [
+                self.batcher.submit(prepared.cnn_inputs[i], prepared.features[i])
+                for i in range(len(prepared.analyses))
+            ]
+        except Rejection as exc:
+            outcome.rejection = exc
+        except Exception as exc:
+            log.exception("internal error on %s", default_id)
+            outcome.rejection = Rejection("internal_error", f"{type(exc).__name__}: {exc}")
+        return outcome
+
+    def _with_retries(self, event: Any) -> Prepared:
+        attempts = self.settings.fetch_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return prepare(event, self.settings, self.imaging)
+            except TransientError as exc:
+                if attempt == attempts:
+                    raise Rejection(exc.reason, f"after {attempts} attempts: {exc.detail}") from exc
+                # Exponential backoff with full jitter: retries of many workers spread out.
+                time.sleep(random.uniform(0, min(5.0, 0.2 * 2**attempt)))
+        raise AssertionError("unreachable")
+
+    def _emit(self, outcome: _Outcome) -> list[tuple[Future[Any], float | None]]:
+        record = outcome.record
+        if outcome.prepared is not None and outcome.rejection is None:
+            try:
+                results = [f.result(timeout=60) for f in outcome.futures]
+                predictions = [p for p, _ in results]
+                timings = {k: sum(t.get(k, 0.0) for _, t in results) for k in ("cnn", "svm")}
+                finding = build_finding(
+                    outcome.prepared,
+                    predictions,
+                    timings,
+                    self.models,
+                    self.settings,
+                    source={
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                    },
+                )
+            except Exception as exc:
+                log.exception("inference failed for offset %s", record.offset)
+                outcome.rejection = Rejection("internal_error", f"{type(exc).__name__}: {exc}")
+            else:
+                return self._send_finding(record, finding)
+        assert outcome.rejection is not None
+        return [self._send_dead_letter(record, outcome.rejection)]
+
+    def _send_finding(
+        self, record: ConsumerRecord, finding: dict[str, Any]
+    ) -> list[tuple[Future[Any], float | None]]:
+        import json
+
+        for stage in ("cnn", "svm"):
+            if stage in finding["timings_ms"]:
+                self.metrics.observe_stage(stage, finding["timings_ms"][stage] / 1e3)
+        sent_at = time.time() - finding["latency_ms"] / 1e3
+        out = [
+            (
+                self.producer.send(
+                    self.settings.findings_topic,
+                    key=record.key,
+                    value=json.dumps(finding).encode(),
+                    headers=[("content-type", b"application/json")],
+                ),
+                sent_at,
+            )
+        ]
+        for alert in build_alerts(finding, self.settings):
+            out.append(
+                (
+                    self.producer.send(
+                        self.settings.alerts_topic,
+                        key=record.key,
+                        value=json.dumps(alert).encode(),
+                        headers=[("content-type", b"application/json")],
+                    ),
+                    None,
+                )
+            )
+            self.metrics.count_alert(alert["severity"])
+            self.stats.alerts += 1
+        self.stats.findings += 1
+        self.metrics.count_event("finding")
+        log_event(
+            log, "finding", record, stage="finding", duration_ms=sum(finding["timings_ms"].values())
+        )
+        return out
+
+    def _send_dead_letter(
+        self, record: ConsumerRecord, rejection: Rejection
+    ) -> tuple[Future[Any], float | None]:
+        headers = dead_letter_headers(
+            record.headers or [],
+            rejection.reason,
+            rejection.detail,
+            record.topic,
+            record.partition,
+            record.offset,
+            time.time(),
+        )
+        self.stats.dead_letters += 1
+        self.stats.by_reason[rejection.reason] = self.stats.by_reason.get(rejection.reason, 0) + 1
+        self.metrics.count_event("dead_letter", rejection.reason)
+        log_event(log, "dead_letter", record, stage="dead_letter", reason=rejection.reason)
+        future = self.producer.send(
+            self.settings.dlq_topic, key=record.key, value=record.value, headers=headers
+        )
+        return future, None
+
+    def _commit(self, records: list[ConsumerRecord]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp not in offsets or offsets[tp].offset <= r.offset:
+                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+        t0 = time.perf_counter()
+        if self._transactional:
+            self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+            self.producer.commit_transaction()
+        else:
+            self.consumer.commit(offsets)
+        self.metrics.observe_stage("commit", time.perf_counter() - t0)
+
+    def _on_batch(self, size: int, timings: dict[str, float]) -> None:
+        self.metrics.observe_batch(size)
+
+    def _update_lag(self, records: list[ConsumerRecord]) -> None:
+        for tp in {TopicPartition(r.topic, r.partition) for r in records}:
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                self.metrics.set_lag(
+                    tp.topic, tp.partition, max(0, high - self.consumer.position(tp))
+                )
+
+    def _caught_up(self) -> bool:
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return False
+        ends = self.consumer.end_offsets(list(assignment))
+        return all(self.consumer.position(tp) >= ends[tp] for tp in assignment)
+
+
+class _Rebalance:
+    """Partitions are revoked only between batches (the loop is synchronous), so every
+    processed offset is already committed when this runs; it only keeps readiness truthful."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.worker.health.set_ready(False)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.worker.health.set_ready(bool(assigned))

@@ -1,0 +1,127 @@
+"""Start-up and supervision of the worker: fail fast, then run one or N consumer processes."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from worker import __version__
+from worker.errors import ModelError
+from worker.inference import ModelSet
+from worker.metrics import Health, Metrics, serve
+from worker.runtime import kafka as kafka_clients
+from worker.runtime.loop import RunStats, Worker
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def load_models(settings: Settings) -> ModelSet:
+    models = ModelSet.load(
+        Path(settings.models_dir) if settings.models_dir else None, settings.require_gpu
+    )
+    log.info(
+        "models loaded",
+        extra={"fields": {"models": models.model_infos(), "execution_provider": models.provider}},
+    )
+    return models
+
+
+def start_worker(settings: Settings, bootstrap: str) -> tuple[Worker, Metrics, Health]:
+    """Everything that can fail at start fails here, before the first poll."""
+    models = load_models(settings)
+    metrics, health = Metrics(), Health()
+    metrics.set_gpu_required(settings.require_gpu)
+    for info in models.model_infos():
+        metrics.set_model_info(info["name"], info["version"], info["execution_provider"])
+    worker = Worker(settings, bootstrap, models, metrics, health)
+    return worker, metrics, health
+
+
+def run_worker(
+    settings: Settings, drain: bool = False, processes: int = 1, max_events: int | None = None
+) -> int:
+    bootstrap, _ = kafka_clients.resolve_bootstrap(settings, start_local=True)
+    kafka_clients.ensure_topics(bootstrap, settings)
+    if processes > 1:
+        return _run_many(settings.replace(bootstrap_servers=bootstrap), drain, processes)
+    worker, metrics, health = start_worker(settings, bootstrap)
+    server = None
+    if settings.metrics_port:
+        server = serve(metrics, health, settings.metrics_host, settings.metrics_port)
+    worker.install_signal_handlers()
+    log.info(
+        "worker started",
+        extra={
+            "fields": {
+                "version": __version__,
+                "bootstrap": bootstrap,
+                "group": settings.group_id,
+                "worker_id": settings.worker_id,
+                "delivery": settings.delivery,
+            }
+        },
+    )
+    try:
+        stats = worker.run(drain=drain, max_events=max_events)
+    finally:
+        if server is not None:
+            server.close()
+    _report(stats)
+    return 0
+
+
+def _report(stats: RunStats) -> None:
+    log.info(
+        "worker stopped",
+        extra={
+            "fields": {
+                "consumed": stats.consumed,
+                "findings": stats.findings,
+                "dead_letters": stats.dead_letters,
+                "alerts": stats.alerts,
+                "by_reason": stats.by_reason,
+            }
+        },
+    )
+
+
+def _child(settings: Settings, drain: bool) -> None:
+    from worker.runtime import jsonlog
+
+    jsonlog.setup(settings.log_level)
+    sys.exit(run_worker(settings, drain=drain))
+
+
+def _run_many(settings: Settings, drain: bool, processes: int) -> int:
+    """N consumer processes in one group; SIGTERM to the parent drains them all."""
+    ctx = mp.get_context("spawn")  # no inherited Kafka sockets or ONNX sessions
+    children = [
+        ctx.Process(
+            target=_child,
+            args=(settings.replace(worker_id=f"{settings.worker_id}-{i}"), drain),
+            daemon=False,
+        )
+        for i in range(processes)
+    ]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                child.terminate()  # SIGTERM: each child drains and leaves the group
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.join()
+    codes = [child.exitcode for child in children]
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+__all__ = ["ModelError", "run_worker", "start_worker"]

@@ -1,0 +1,232 @@
+"""One frozen settings object, read from the environment and CLI overrides in one place.
+
+Every knob is an environment variable ``SCANSTREAM_<FIELD>`` (upper case), except the broker
+address, which also honours the conventional ``KAFKA_BOOTSTRAP_SERVERS``. CLI flags override the
+environment. Values are checked here, so that a misconfiguration fails at start with a message
+that names the variable and says what to fix. Secrets are wrapped in :class:`Secret` and never
+printed.
+
+>>> s = Settings.from_env({"SCANSTREAM_GROUP_ID": "g1", "KAFKA_BOOTSTRAP_SERVERS": "h:9092"})
+>>> s.group_id, s.bootstrap_servers
+('g1', 'h:9092')
+>>> Settings.from_env({"SCANSTREAM_MAX_FRAMES": "zero"})  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+worker.errors.ConfigError: SCANSTREAM_MAX_FRAMES='zero' is not an integer; set it to a whole ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Literal
+
+from worker.errors import ConfigError
+
+DeliveryMode = Literal["at-least-once", "exactly-once"]
+DELIVERY_MODES: Final = ("at-least-once", "exactly-once")
+MiB: Final = 1024 * 1024
+
+
+class Secret:
+    """A string that never shows itself in repr, str or logs.
+
+    >>> Secret("hunter2")
+    Secret('***')
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """Alert when ``label``'s probability is at or above ``threshold`` (optionally one modality).
+
+    Parsed from ``label>=threshold[@MODALITY][:severity]``, comma separated in
+    ``SCANSTREAM_ALERT_RULES``.
+
+    >>> AlertRule.parse("lesion>=0.9@CT:critical")
+    AlertRule(label='lesion', threshold=0.9, modality='CT', severity='critical')
+    """
+
+    label: str
+    threshold: float
+    modality: str | None = None
+    severity: str = "high"
+
+    @classmethod
+    def parse(cls, text: str) -> AlertRule:
+        spec, _, severity = text.strip().partition(":")
+        cond, _, modality = spec.partition("@")
+        label, sep, threshold = cond.partition(">=")
+        if not sep or not label.strip():
+            raise ConfigError(
+                f"alert rule {text!r} is not of the form label>=threshold[@MODALITY][:severity],"
+                " e.g. lesion>=0.9@CT:critical"
+            )
+        try:
+            value = float(threshold)
+        except ValueError as exc:
+            raise ConfigError(
+                f"alert rule {text!r}: threshold {threshold!r} is not a number"
+            ) from exc
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"alert rule {text!r}: threshold must lie in [0, 1]")
+        sev = severity.strip() or "high"
+        if sev not in ("low", "medium", "high", "critical"):
+            raise ConfigError(
+                f"alert rule {text!r}: severity must be low, medium, high or critical"
+            )
+        return cls(label.strip(), value, modality.strip().upper() or None, sev)
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the worker can be told. Defaults suit the embedded local broker."""
+
+    # None means: use (and start if needed) the embedded local broker.
+    bootstrap_servers: str | None = None
+    events_topic: str = "scans.events"
+    findings_topic: str = "scans.findings"
+    alerts_topic: str = "scans.alerts"
+    dlq_topic: str = "scans.dlq"
+    group_id: str = "scanstream"
+    worker_id: str = field(default_factory=_default_worker_id)
+    delivery: DeliveryMode = "at-least-once"
+    # Limits: beyond them an event is dead-lettered as too_large.
+    max_message_bytes: int = 16 * MiB
+    max_pixels: int = 64 * MiB
+    max_frames: int = 2000
+    # Dynamic micro-batching (Triton-style): flush at this size or after this delay.
+    batch_max_size: int = 16
+    batch_max_delay_ms: float = 5.0
+    max_in_flight: int = 256
+    poll_timeout_ms: int = 100
+    max_poll_records: int = 64
+    fetch_attempts: int = 3
+    fetch_timeout_s: float = 10.0
+    grace_period_s: float = 30.0
+    metrics_port: int = 0  # 0: no HTTP server
+    metrics_host: str = "127.0.0.1"
+    require_gpu: bool = False
+    models_dir: str | None = None  # None: the models shipped in the package
+    pseudonym_key: Secret = field(default_factory=lambda: Secret(""))
+    alert_rules: tuple[AlertRule, ...] = (AlertRule("lesion", 0.9, None, "high"),)
+    thumbnail_dir: str | None = None
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_message_bytes",
+            "max_pixels",
+            "max_frames",
+            "batch_max_size",
+            "max_in_flight",
+            "max_poll_records",
+            "fetch_attempts",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"SCANSTREAM_{name.upper()} must be at least 1")
+        if self.batch_max_delay_ms < 0 or self.grace_period_s <= 0 or self.fetch_timeout_s <= 0:
+            raise ConfigError(
+                "SCANSTREAM_BATCH_MAX_DELAY_MS must be >= 0, SCANSTREAM_GRACE_PERIOD_S and "
+                "SCANSTREAM_FETCH_TIMEOUT_S > 0"
+            )
+        if self.delivery not in DELIVERY_MODES:
+            raise ConfigError(
+                f"SCANSTREAM_DELIVERY={self.delivery!r}: use one of {', '.join(DELIVERY_MODES)}"
+            )
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("SCANSTREAM_METRICS_PORT must be a TCP port (0 disables the server)")
+        topics = [self.events_topic, self.findings_topic, self.alerts_topic, self.dlq_topic]
+        if len(set(topics)) != len(topics):
+            raise ConfigError("the events, findings, alerts and dead-letter topics must differ")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``env`` (default: ``os.environ``) and explicit overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f"SCANSTREAM_{f.name.upper()}"
+            raw = env.get(key)
+            if f.name == "bootstrap_servers" and raw is None:
+                raw = env.get("KAFKA_BOOTSTRAP_SERVERS")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, key, raw, f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("pseudonym_key"), str):
+            values["pseudonym_key"] = Secret(values["pseudonym_key"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as a dict that is safe to log (secrets masked)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Secret):
+                value = "***" if value else ""
+            elif f.name == "alert_rules":
+                value = [dataclasses.asdict(r) for r in value]
+            out[f.name] = value
+        return out
+
+
+def _parse(name: str, key: str, raw: str, annotation: Any) -> Any:
+    text = str(annotation)
+    if name == "alert_rules":
+        return tuple(AlertRule.parse(part) for part in raw.split(",") if part.strip())
+    if name == "pseudonym_key":
+        return Secret(raw)
+    if text == "bool":
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}={raw!r} is not a boolean; use true or false")
+    if text == "int":
+        try:
+            return int(raw)
+        except ValueError as exc:
+            example = getattr(Settings, name, 1)
+            raise ConfigError(
+                f"{key}={raw!r} is not an integer; set it to a whole number such as {example}"
+            ) from exc
+    if text == "float":
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{key}={raw!r} is not a number") from exc
+    return raw
