@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
+
+from worker.runtime import kafka as kafka_clients
+from worker.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +35,21 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield info.bootstrap
     finally:
         broker.stop(state_dir=state)
+
+
+@pytest.fixture
+def isolated_settings(kafka_bootstrap: str) -> Settings:
+    """Settings with topics and a group of their own, so tests never see each other's events."""
+    run = uuid.uuid4().hex[:8]
+    settings = Settings.from_env(
+        {},
+        bootstrap_servers=kafka_bootstrap,
+        events_topic=f"t{run}.events",
+        findings_topic=f"t{run}.findings",
+        alerts_topic=f"t{run}.alerts",
+        dlq_topic=f"t{run}.dlq",
+        group_id=f"g{run}",
+        worker_id=f"test-{run}",
+    )
+    kafka_clients.ensure_topics(kafka_bootstrap, settings)
+    return settings

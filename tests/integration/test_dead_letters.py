@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import collect, worker_thread
+from kafka_helpers import collect, worker_thread
 
 from worker.contract import decode_headers, validation_errors
 from worker.phantoms import Lesion, ct_slice, encode_ct

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import collect, worker_thread
+from kafka_helpers import collect, worker_thread
 
 from worker.contract import validation_errors
 from worker.runtime.publisher import publish_files

@@ -53,6 +53,14 @@ class EdgeRegions(NamedTuple):
     bbox: tuple[int, int, int, int] | None  # (x, y, width, height)
 
 
+class EdgeDetection(NamedTuple):
+    """A Canny edge map with its pixels' flat indices (ascending) and its regions."""
+
+    edge_map: npt.NDArray[np.uint8]
+    indices: npt.NDArray[np.intp]
+    regions: EdgeRegions
+
+
 def sobel(image: npt.ArrayLike) -> Gradient:
     """3x3 Sobel derivatives (unnormalised, as scipy.ndimage.sobel) and ``hypot(gx, gy)``.
 
@@ -113,7 +121,18 @@ def auto_thresholds(
     True
     """
     p50, p995 = quantiles(subsample(magnitude), (50.0, 99.5))
-    high = max(noise_k * float(p50) / _RAYLEIGH_MEDIAN, floor * float(p995))
+    return thresholds_from_percentiles(float(p50), float(p995), noise_k, floor, low_ratio)
+
+
+def thresholds_from_percentiles(
+    p50: float, p995: float, noise_k: float = 4.0, floor: float = 0.05, low_ratio: float = 0.4
+) -> tuple[float, float]:
+    """The :func:`auto_thresholds` rule, given the magnitude's 50th and 99.5th percentiles.
+
+    >>> thresholds_from_percentiles(10.0, 3000.0)
+    (60.0, 150.0)
+    """
+    high = max(noise_k * p50 / _RAYLEIGH_MEDIAN, floor * p995)
     return low_ratio * high, high
 
 
@@ -138,13 +157,40 @@ def canny(
     >>> np.flatnonzero(e[8]).tolist()
     [7, 8]
     """
-    low = max(float(low), _TINY)
-    high = max(float(high), low)
+    low, high = _clean_thresholds(low, high, method)
     if method == "interpolated":
-        return _canny_interpolated(gradient, low, high)
-    if method == "opencv":
-        return _canny_opencv(gradient, low, high)
-    raise ValueError(f"unknown Canny method {method!r}; choose one of {CANNY_METHODS}")
+        return _canny_interpolated(gradient, low, high)[0]
+    return _canny_opencv(gradient, low, high)
+
+
+def detect_edges(
+    gradient: Gradient, low: float, high: float, method: CannyMethod = "interpolated"
+) -> EdgeDetection:
+    """:func:`canny`, :func:`edge_indices` and :func:`edge_regions` in one go.
+
+    The interpolated method's hysteresis already labels the 8-connected components, and the
+    components of the final edge map are exactly its seeded ones, so the labelling is reused.
+
+    >>> img = np.zeros((16, 16), np.float32); img[4:12, 4:12] = 100.0
+    >>> d = detect_edges(sobel(img), 100.0, 200.0)
+    >>> d.regions, int(d.indices.size) == int((d.edge_map > 0).sum())
+    (EdgeRegions(components=1, bbox=(3, 3, 10, 10)), True)
+    """
+    low, high = _clean_thresholds(low, high, method)
+    if method == "interpolated":
+        edges, idx, labels, mags = _canny_interpolated(gradient, low, high)
+        return EdgeDetection(edges, idx, _regions(idx, labels, mags, edges.shape[1]))
+    edges = _canny_opencv(gradient, low, high)
+    idx = edge_indices(edges)
+    return EdgeDetection(edges, idx, edge_regions(edges, gradient.magnitude, idx))
+
+
+def _clean_thresholds(low: float, high: float, method: str) -> tuple[float, float]:
+    if method not in CANNY_METHODS:
+        raise ValueError(f"unknown Canny method {method!r}; choose one of {CANNY_METHODS}")
+    # A zero threshold would make every flat pixel an edge; the smallest positive one cannot.
+    low = max(float(low), _TINY)
+    return low, max(float(high), low)
 
 
 def canny_auto(
@@ -164,17 +210,23 @@ def canny_auto(
     return canny(gradient, low, high, method), (low, high)
 
 
-def _canny_interpolated(gradient: Gradient, low: float, high: float) -> npt.NDArray[np.uint8]:
+def _canny_interpolated(
+    gradient: Gradient, low: float, high: float
+) -> tuple[
+    npt.NDArray[np.uint8], npt.NDArray[np.intp], npt.NDArray[np.int32], npt.NDArray[np.float32]
+]:
+    """Edge map, and for its pixels: flat indices, component labels and magnitudes."""
     gx, gy, mag = gradient
     h, w = mag.shape
     edges = np.zeros((h, w), np.uint8)
+    nothing = (edges, np.zeros(0, np.intp), np.zeros(0, np.int32), np.zeros(0, np.float32))
     if h < 3 or w < 3:
-        return edges
+        return nothing
     cand = (mag >= np.float32(low)).view(np.uint8)
     cand[0, :] = cand[-1, :] = cand[:, 0] = cand[:, -1] = 0
     idx = edge_indices(cand)
     if idx.size == 0:
-        return edges
+        return nothing
     fx, fy, fm = gx.ravel()[idx], gy.ravel()[idx], mag.ravel()[idx]
     ax, ay = np.abs(fx), np.abs(fy)
     # Step one pixel along the dominant gradient axis, and interpolate towards the diagonal
@@ -194,14 +246,15 @@ def _canny_interpolated(gradient: Gradient, low: float, high: float) -> npt.NDAr
     keep = (fm >= ahead) & (fm >= behind)
     idx, fm = idx[keep], fm[keep]
     if idx.size == 0:
-        return edges
+        return nothing
     edges.ravel()[idx] = 1
-    n, labels = cv2.connectedComponents(edges, connectivity=8, ltype=cv2.CV_32S)
-    lab = labels.ravel()[idx]
+    n, label_image = cv2.connectedComponents(edges, connectivity=8, ltype=cv2.CV_32S)
+    labels = np.asarray(label_image, np.int32).ravel()[idx]
     seeded = np.zeros(n, bool)
-    seeded[lab[fm >= np.float32(high)]] = True
-    edges.ravel()[idx] = np.where(seeded[lab], 255, 0).astype(np.uint8)
-    return edges
+    seeded[labels[fm >= np.float32(high)]] = True
+    final = seeded[labels]
+    edges.ravel()[idx] = np.where(final, 255, 0).astype(np.uint8)
+    return edges, idx[final], labels[final], fm[final]
 
 
 def _canny_opencv(gradient: Gradient, low: float, high: float) -> npt.NDArray[np.uint8]:
@@ -247,11 +300,24 @@ def edge_regions(
     idx = edge_indices(edge_map) if indices is None else indices
     if idx.size == 0:
         return EdgeRegions(0, None)
-    n, labels = cv2.connectedComponents(edge_map, connectivity=8, ltype=cv2.CV_32S)
-    lab = labels.ravel()[idx]
-    totals = np.bincount(lab, weights=magnitude.ravel()[idx].astype(np.float64), minlength=n)
-    best = idx[lab == int(np.argmax(totals[1:])) + 1]
-    w = edge_map.shape[1]
-    ys, xs = np.divmod(best, w)
+    _, label_image = cv2.connectedComponents(edge_map, connectivity=8, ltype=cv2.CV_32S)
+    labels = np.asarray(label_image, np.int32).ravel()[idx]
+    return _regions(idx, labels, magnitude.ravel()[idx], edge_map.shape[1])
+
+
+def _regions(
+    idx: npt.NDArray[np.intp],
+    labels: npt.NDArray[np.int32],
+    weights: npt.NDArray[np.float32],
+    width: int,
+) -> EdgeRegions:
+    if idx.size == 0:
+        return EdgeRegions(0, None)
+    # Labels are numbered in raster order of first pixel; unique() sorts them, so argmax's
+    # first-maximum rule breaks ties in raster order.
+    present, inverse = np.unique(labels, return_inverse=True)
+    totals = np.bincount(inverse, weights=weights.astype(np.float64))
+    best = idx[labels == present[int(np.argmax(totals))]]
+    ys, xs = np.divmod(best, int(width))
     x0, y0 = int(xs.min()), int(ys.min())
-    return EdgeRegions(n - 1, (x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1))
+    return EdgeRegions(int(present.size), (x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1))

@@ -11,8 +11,8 @@ int_mean, int_std         mean and standard deviation of the raw frame (modality
 int_p01, int_p50, int_p99 1st, 50th, 99th percentiles of the raw frame (modality units)
 int_skewness              sample skewness of the raw frame (dimensionless; 0 if constant)
 int_kurtosis              excess kurtosis of the raw frame (dimensionless; 0 if constant)
-win_entropy               Shannon entropy (bits, 0..4) of the 16-level histogram of the
-                          modality-default window
+win_entropy               Shannon entropy (bits, 0..4) of the 16-level window histogram over
+                          the texture rows (the marginal of the 0-degree matrix below)
 grad_mean, grad_std       mean and standard deviation of the Sobel gradient magnitude of the
                           denoised frame (modality units per pixel), over every pixel
 grad_p50, grad_p90,       50th, 90th, 99th percentiles of that magnitude
@@ -26,14 +26,16 @@ orient_000 ... orient_158 histogram of gradient orientation on Canny edge pixels
                           down; the 8 bins are 22.5 degrees wide and centred on 0, 22.5, ...,
                           157.5, so axis-aligned edges sit mid-bin rather than on a boundary
 glcm_contrast,            grey-level co-occurrence texture of the window quantised to 16
-glcm_homogeneity,         levels (floor(16 w), clipped to 15), distance 1, symmetric and
-glcm_energy,              normalised, averaged over the 0 and 90 degree directions; the same
-glcm_correlation          definitions as skimage.feature.graycoprops (correlation is 1 for a
-                          constant window)
+glcm_homogeneity,         levels (round(15 w)), distance 1, symmetric and normalised,
+glcm_energy,              averaged over the 0 and 90 degree directions; the definitions of
+glcm_correlation          skimage.feature.graycoprops (correlation is 1 for a constant
+                          window). Pairs start on every k-th row, the texture rows, with
+                          k = ceil(pixels / 65536) (k = 4 at 512x512), which bounds the cost
 ========================  ==================================================================
 
-Percentiles (intensity and gradient) and the higher moments are computed on a deterministic
-strided subsample of at most ~16k pixels (see :mod:`worker.imaging.stats`): exact and repeatable
+Means and standard deviations use every pixel (double-precision sums). Percentiles (intensity
+and gradient) and the higher moments are computed on a deterministic
+strided subsample of at most ~8k pixels (see :mod:`worker.imaging.stats`): exact and repeatable
 for a given frame, and cheap. The vector depends only on the frame, never on batch order.
 
 >>> len(FEATURE_NAMES), FEATURE_NAMES[0], FEATURE_NAMES[-1]
@@ -43,7 +45,7 @@ for a given frame, and cheap. The vector depends only on the frame, never on bat
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Final, cast
 
 import cv2
 import numpy as np
@@ -54,6 +56,10 @@ from worker.imaging.stats import quantiles, subsample
 
 ORIENTATION_BINS: Final = 8
 GLCM_LEVELS: Final = 16
+#: The gradient-magnitude percentiles in the vector (grad_p50, grad_p90, grad_p99).
+GRADIENT_PERCENTILES: Final = (50.0, 90.0, 99.0)
+#: Co-occurrence pairs per direction the texture rows aim at (see the table above).
+TEXTURE_PAIRS: Final = 65536
 
 FEATURE_NAMES: Final[tuple[str, ...]] = (
     "int_mean",
@@ -95,13 +101,15 @@ def features(
     *,
     indices: npt.NDArray[np.intp] | None = None,
     regions: EdgeRegions | None = None,
+    gradient_percentiles: tuple[float, float, float] | None = None,
 ) -> npt.NDArray[np.float32]:
     """The :data:`FEATURE_NAMES` vector (float32) of one frame.
 
     ``frame`` is the raw frame in modality units, ``windowed`` its modality-default window,
     ``gradient`` the Sobel gradient of the denoised frame and ``edge_map`` its Canny edges.
     ``indices`` and ``regions`` (from :func:`~worker.imaging.edges.edge_indices` and
-    :func:`~worker.imaging.edges.edge_regions`) may be passed to avoid recomputing them.
+    :func:`~worker.imaging.edges.edge_regions`) and ``gradient_percentiles`` (the magnitude's
+    50th, 90th and 99th on the :mod:`stats` subsample) may be passed to avoid recomputing them.
 
     >>> from worker.imaging.edges import canny_auto, sobel
     >>> img = np.zeros((32, 32), np.float32); img[8:24, 8:24] = 100.0
@@ -115,28 +123,49 @@ def features(
     n_pixels = frame.size
     out = np.zeros(len(FEATURE_NAMES), np.float64)
 
-    mean, std = cv2.meanStdDev(frame)
     sample = subsample(frame)
-    p01, p50, p99 = quantiles(sample, (1.0, 50.0, 99.0))
-    skew, kurt = _shape_moments(sample)
-    out[0:8] = (mean[0, 0], std[0, 0], p01, p50, p99, skew, kurt, 0.0)
+    out[0:2] = mean_std(frame)
+    out[2:5] = quantiles(sample, (1.0, 50.0, 99.0))
+    out[5:7] = _shape_moments(sample)
 
-    q = _quantise(windowed)
-    out[7] = _entropy_bits(q)
+    q = quantise(windowed)
+    step = texture_row_step(q.shape)
+    p0, p90 = cooccurrence(q, step)
+    out[7] = _entropy_bits(p0.sum(axis=1))
 
-    gmean, gstd = cv2.meanStdDev(gradient.magnitude)
-    out[8:13] = (gmean[0, 0], gstd[0, 0], *quantiles(subsample(gradient.magnitude), (50, 90, 99)))
+    mag = gradient.magnitude
+    out[8:10] = mean_std(mag)
+    if gradient_percentiles is None:
+        out[10:13] = quantiles(subsample(mag), GRADIENT_PERCENTILES)
+    else:
+        out[10:13] = gradient_percentiles
 
     if idx.size:
-        mags = gradient.magnitude.ravel()[idx]
+        mags = mag.ravel()[idx]
         out[13] = idx.size / n_pixels
         out[14] = float(mags.mean(dtype=np.float64))
         out[15] = reg.components * 1e4 / n_pixels
         out[16:24] = _orientation_histogram(
             gradient.gx.ravel()[idx], gradient.gy.ravel()[idx], mags
         )
-    out[24:28] = glcm_props(q)
+    props = [_props(p) for p in (p0, p90)]
+    out[24:28] = np.mean(props, axis=0)
     return out.astype(np.float32)
+
+
+def mean_std(a: npt.NDArray[np.float32]) -> tuple[float, float]:
+    """Mean and (population) standard deviation of every element, summed in double precision.
+
+    Two SIMD reductions (sum, sum of squares) cost a fifth of ``cv2.meanStdDev``; in double
+    precision the cancellation in E[x²] - E[x]² is harmless for image data.
+
+    >>> mean_std(np.float32([[1, 2], [3, 4]]))
+    (2.5, 1.118033988749895)
+    """
+    n = a.size
+    mean = float(cv2.sumElems(a)[0]) / n
+    var = float(cv2.norm(a, cv2.NORM_L2SQR)) / n - mean * mean
+    return mean, math.sqrt(max(var, 0.0))
 
 
 def _shape_moments(sample: npt.NDArray[np.float32]) -> tuple[float, float]:
@@ -151,26 +180,64 @@ def _shape_moments(sample: npt.NDArray[np.float32]) -> tuple[float, float]:
     return skew, kurt
 
 
-def _quantise(windowed: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
-    # floor(16 w): truncation of a non-negative float is floor; 1.0 maps to 16, clipped to 15.
-    q = (windowed * np.float32(GLCM_LEVELS)).astype(np.uint8)
-    np.minimum(q, GLCM_LEVELS - 1, out=q)
-    return q
-
-
 def quantise(windowed: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
-    """The 16-level image used for entropy and texture: ``min(floor(16 w), 15)``.
+    """The 16-level image used for entropy and texture: ``round(15 w)``, w clipped to [0, 1].
 
-    >>> quantise(np.float32([[0.0, 0.5, 0.99, 1.0]])).tolist()
-    [[0, 8, 15, 15]]
+    >>> quantise(np.float32([[0.0, 0.5, 0.99, 1.0, 2.0]])).tolist()
+    [[0, 8, 15, 15, 15]]
     """
-    return _quantise(np.clip(np.asarray(windowed, np.float32), 0.0, 1.0))
+    w = np.clip(np.asarray(windowed, np.float32), 0.0, 1.0)
+    q = cv2.convertScaleAbs(w, alpha=float(GLCM_LEVELS - 1))  # rounds and saturates in one pass
+    return cast("npt.NDArray[np.uint8]", q)
 
 
-def _entropy_bits(q: npt.NDArray[np.uint8]) -> float:
-    hist = cv2.calcHist([q], [0], None, [GLCM_LEVELS], [0, GLCM_LEVELS]).ravel()
-    p = hist[hist > 0].astype(np.float64) / q.size
-    return float(-(p * np.log2(p)).sum())
+def texture_row_step(shape: tuple[int, ...]) -> int:
+    """Row step of the texture rows: ``ceil(pixels / TEXTURE_PAIRS)``.
+
+    >>> texture_row_step((512, 512)), texture_row_step((64, 64))
+    (4, 1)
+    """
+    return max(1, math.ceil(math.prod(shape) / TEXTURE_PAIRS))
+
+
+def cooccurrence(
+    q: npt.NDArray[np.uint8], row_step: int = 1
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Symmetric, normalised 16x16 co-occurrence matrices at distance 1, 0 and 90 degrees.
+
+    Pairs start on rows ``0, row_step, 2*row_step, ...``; with ``row_step`` 1 these are
+    ``skimage.feature.graycomatrix(q, [1], [0, pi/2], 16, symmetric=True, normed=True)``. A
+    direction with no pairs (one row or column) gives all zeros.
+
+    >>> p0, p90 = cooccurrence(np.uint8([[0, 1], [0, 1]]))
+    >>> float(p0[0, 1]), float(p90[0, 0]), float(p90[1, 1])
+    (0.5, 0.5, 0.5)
+    """
+    q = np.ascontiguousarray(q, np.uint8)
+    # Pair code i*16 + j fits one byte, so OpenCV's fast 8-bit histogram counts the pairs.
+    shifted = np.left_shift(q[::row_step], 4)
+    vertical_rows = (q.shape[0] - 1 + row_step - 1) // row_step  # starts r with r + 1 < height
+    pairs = (
+        (shifted[:, :-1], q[::row_step, 1:]),
+        (shifted[:vertical_rows], q[1::row_step]),
+    )
+    out = []
+    for first, second in pairs:
+        if first.size == 0:
+            out.append(np.zeros((GLCM_LEVELS, GLCM_LEVELS)))
+            continue
+        hist = cv2.calcHist([cv2.add(first, second)], [0], None, [256], [0, 256])
+        glcm = hist.reshape(GLCM_LEVELS, GLCM_LEVELS).astype(np.float64)
+        glcm += glcm.T
+        glcm /= glcm.sum()
+        out.append(glcm)
+    return out[0], out[1]
+
+
+def _entropy_bits(hist: npt.NDArray[np.float64]) -> float:
+    p = hist[hist > 0]
+    p = p / p.sum()
+    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def _orientation_histogram(
@@ -184,43 +251,35 @@ def _orientation_histogram(
     return np.asarray(hist / total if total > 0 else hist, dtype=np.float64)
 
 
-def glcm_props(q: npt.NDArray[np.uint8]) -> tuple[float, float, float, float]:
+_I, _J = np.meshgrid(
+    np.arange(GLCM_LEVELS, dtype=np.float64), np.arange(GLCM_LEVELS), indexing="ij"
+)
+_D2 = (_I - _J) ** 2
+
+
+def _props(glcm: npt.NDArray[np.float64]) -> tuple[float, float, float, float]:
+    if not glcm.any():  # no pairs: a flat, perfectly homogeneous, fully correlated texture
+        return 0.0, 1.0, 1.0, 1.0
+    mu = float((_I * glcm).sum())  # symmetric: row and column marginals are equal
+    var = float(((_I - mu) ** 2 * glcm).sum())
+    cov = float(((_I - mu) * (_J - mu) * glcm).sum())
+    return (
+        float((glcm * _D2).sum()),
+        float((glcm / (1.0 + _D2)).sum()),
+        math.sqrt(float((glcm * glcm).sum())),
+        1.0 if math.sqrt(var) < 1e-15 else cov / var,
+    )
+
+
+def glcm_props(q: npt.NDArray[np.uint8], row_step: int = 1) -> tuple[float, float, float, float]:
     """Contrast, homogeneity, energy and correlation of a 16-level image (see module doc).
 
-    Matches ``skimage.feature.graycoprops`` on ``graycomatrix(q, [1], [0, pi/2], 16,
-    symmetric=True, normed=True)``, averaged over the two angles.
+    With ``row_step`` 1, ``skimage.feature.graycoprops`` of :func:`cooccurrence`'s matrices,
+    averaged over the two angles.
 
     >>> q = np.tile(np.uint8([0, 15]), (4, 2))
     >>> [round(v, 3) for v in glcm_props(q)]
     [112.5, 0.502, 0.707, 0.0]
     """
-    q = np.ascontiguousarray(q, np.uint8)
-    shifted = q << 4  # pair code i*16 + j fits a byte, so OpenCV's fast uint8 histogram applies
-    pairs = (
-        cv2.add(shifted[:, :-1], q[:, 1:]),  # 0 degrees: right-hand neighbour
-        cv2.add(shifted[:-1, :], q[1:, :]),  # 90 degrees: neighbour above/below
-    )
-    levels = np.arange(GLCM_LEVELS, dtype=np.float64)
-    i, j = np.meshgrid(levels, levels, indexing="ij")
-    d2 = (i - j) ** 2
-    acc = np.zeros(4)
-    for code in pairs:
-        if code.size == 0:  # a single row or column has no pairs in that direction
-            acc += (0.0, 1.0, 1.0, 1.0)
-            continue
-        counts = cv2.calcHist([code], [0], None, [256], [0, 256]).reshape(16, 16)
-        glcm = counts.astype(np.float64)
-        glcm += glcm.T
-        glcm /= glcm.sum()
-        mu = float((i * glcm).sum())  # symmetric: row and column marginals are equal
-        var = float(((i - mu) ** 2 * glcm).sum())
-        cov = float(((i - mu) * (j - mu) * glcm).sum())
-        corr = 1.0 if math.sqrt(var) < 1e-15 else cov / var
-        acc += (
-            float((glcm * d2).sum()),
-            float((glcm / (1.0 + d2)).sum()),
-            math.sqrt(float((glcm * glcm).sum())),
-            corr,
-        )
-    c, h, e, r = acc / len(pairs)
-    return float(c), float(h), float(e), float(r)
+    props = np.mean([_props(p) for p in cooccurrence(q, row_step)], axis=0)
+    return float(props[0]), float(props[1]), float(props[2]), float(props[3])

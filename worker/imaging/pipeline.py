@@ -11,6 +11,7 @@ True
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -20,12 +21,14 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.imaging.config import ImagingConfig
-from worker.imaging.edges import auto_thresholds, canny, edge_indices, edge_regions, sobel
-from worker.imaging.feature_vector import features
+from worker.imaging.edges import detect_edges, sobel, thresholds_from_percentiles
+from worker.imaging.feature_vector import GRADIENT_PERCENTILES, features
 from worker.imaging.filters import as_float32, gaussian_filter, mean_filter, median_filter
+from worker.imaging.stats import quantiles, subsample
 from worker.imaging.window import default_window, window
 
 DEFAULT_CONFIG: Final = ImagingConfig()
+_GRAD_PCTS: Final = (*GRADIENT_PERCENTILES, 99.5)
 
 #: Fine-grained stage names timed by :func:`analyze_frame_stages`, in pipeline order.
 STAGES: Final = ("window", "filter", "sobel", "canny", "features")
@@ -65,7 +68,9 @@ def analyze_frame_stages(
     img = as_float32(frame)
     if img.shape[0] < 2 or img.shape[1] < 2:
         raise ValueError(f"a frame needs at least 2x2 pixels, got {img.shape}")
-    if not cv2.checkRange(img)[0]:
+    # A double-precision sum is NaN or inf exactly when some pixel is (finite float32 values
+    # cannot overflow it), and costs a sixth of cv2.checkRange.
+    if not math.isfinite(cv2.sumElems(img)[0]):
         raise ValueError("frame holds NaN or infinite values")
     clock = time.perf_counter
     t0 = clock()
@@ -82,17 +87,25 @@ def analyze_frame_stages(
     t2 = clock()
     grad = sobel(smooth)
     t3 = clock()
+    # One selection serves both the thresholds and the gradient features.
+    p50, p90, p99, p995 = (float(v) for v in quantiles(subsample(grad.magnitude), _GRAD_PCTS))
     if config.canny_thresholds is not None:
         low, high = (float(v) for v in config.canny_thresholds)
     else:
-        low, high = auto_thresholds(
-            grad.magnitude, config.canny_noise_k, config.canny_floor, config.canny_low_ratio
+        low, high = thresholds_from_percentiles(
+            p50, p995, config.canny_noise_k, config.canny_floor, config.canny_low_ratio
         )
-    edges = canny(grad, low, high, config.canny_method)
+    edges, idx, regions = detect_edges(grad, low, high, config.canny_method)
     t4 = clock()
-    idx = edge_indices(edges)
-    regions = edge_regions(edges, grad.magnitude, idx)
-    vec = features(img, windowed, grad, edges, indices=idx, regions=regions)
+    vec = features(
+        img,
+        windowed,
+        grad,
+        edges,
+        indices=idx,
+        regions=regions,
+        gradient_percentiles=(p50, p90, p99),
+    )
     t5 = clock()
     fine = {
         name: (b - a) * 1e3

@@ -74,6 +74,8 @@ def producer(bootstrap: str, settings: Settings, **extra: Any) -> KafkaProducer:
         acks="all",
         enable_idempotence=True,
         linger_ms=2,
+        # A restarted broker is found again within seconds, not the 30 s default backoff.
+        reconnect_backoff_max_ms=2000,
         max_request_size=settings.max_message_bytes + _HEADROOM,
         buffer_memory=max(64 * 1024 * 1024, 4 * (settings.max_message_bytes + _HEADROOM)),
         **extra,
@@ -92,6 +94,10 @@ def consumer(
         "max_partition_fetch_bytes": settings.max_message_bytes + _HEADROOM,
         "fetch_max_bytes": max(52428800, 2 * (settings.max_message_bytes + _HEADROOM)),
         "client_id": settings.worker_id,
+        # A killed worker's partitions move on after 10 s instead of 45 s.
+        "session_timeout_ms": 10000,
+        "heartbeat_interval_ms": 2000,
+        "reconnect_backoff_max_ms": 2000,
     }
     kwargs.update(extra)
     c = KafkaConsumer(**kwargs)

@@ -19,6 +19,8 @@ up with their end offsets (burst mode).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import random
 import signal
@@ -55,6 +57,18 @@ class RunStats:
 
 
 @dataclass
+class _Result:
+    """What one event produces: its messages, and what to count once they are committed."""
+
+    record: ConsumerRecord
+    messages: list[tuple[str, bytes, list[tuple[str, bytes]]]]
+    finding: dict[str, Any] | None = None
+    rejection: Rejection | None = None
+    alert_severities: list[str] = field(default_factory=list)
+    sent_at: float | None = None
+
+
+@dataclass
 class _Outcome:
     record: ConsumerRecord
     prepared: Prepared | None = None
@@ -73,7 +87,10 @@ class Worker:
         metrics: Metrics,
         health: Health,
         imaging: ImagingConfig = ImagingConfig(),
+        consumer: Any = None,
+        producer: Any = None,
     ) -> None:
+        """``consumer``/``producer`` default to real Kafka clients; tests may pass fakes."""
         self.settings = settings
         self.bootstrap = bootstrap
         self.models = models
@@ -82,15 +99,19 @@ class Worker:
         self.imaging = imaging
         self.stats = RunStats()
         self._stop = threading.Event()
-        transactional = settings.delivery == "exactly-once"
-        self._transactional = transactional
+        self._backoff = 0.0
+        self._transactional = settings.delivery == "exactly-once"
         extra: dict[str, Any] = {}
-        if transactional:
+        if self._transactional:
+            # A stable worker id (e.g. the pod name) lets a restarted worker fence its crashed
+            # predecessor and abort its open transaction at once, instead of read_committed
+            # readers waiting for the transaction timeout.
             extra["transactional_id"] = f"scanstream-{settings.group_id}-{settings.worker_id}"
-        self.producer = kafka_clients.producer(bootstrap, settings, **extra)
-        if transactional:
+            extra["transaction_timeout_ms"] = 30000
+        self.producer = producer or kafka_clients.producer(bootstrap, settings, **extra)
+        if self._transactional:
             self.producer.init_transactions()
-        self.consumer = kafka_clients.consumer(
+        self.consumer = consumer or kafka_clients.consumer(
             bootstrap, settings, isolation_level="read_committed"
         )
         self.consumer.subscribe([settings.events_topic], listener=_Rebalance(self))
@@ -145,23 +166,54 @@ class Worker:
     def _process(self, records: list[ConsumerRecord]) -> None:
         self.metrics.set_in_flight(len(records))
         outcomes = [self._prepare(r) for r in records]
+        results = [self._result(outcome) for outcome in outcomes]
+        try:
+            sends = self._produce(results)
+            self._commit(records)
+        except Exception as exc:  # noqa: BLE001 - any Kafka failure: replay, never lose
+            self._rewind(records, exc)
+            return
+        finally:
+            self.metrics.set_in_flight(0)
+        now = time.time()
+        for sent_at in sends:
+            self.metrics.observe_e2e(max(0.0, now - sent_at))
+        for result in results:
+            self._count(result)
+        self._update_lag(records)
+
+    def _produce(self, results: list[_Result]) -> list[float]:
+        """Send every result and wait for the broker's acknowledgements (acks=all)."""
         if self._transactional:
             self.producer.begin_transaction()
-        sends: list[tuple[Future[Any], float | None]] = []
-        for outcome in outcomes:
-            sends.extend(self._emit(outcome))
+        futures: list[Future[Any]] = []
+        for result in results:
+            for topic, value, headers in result.messages:
+                futures.append(self.producer.send(topic, key=result.record.key, value=value,
+                                                  headers=headers))
         t0 = time.perf_counter()
         self.producer.flush()
-        for future, _ in sends:
+        for future in futures:
             future.get(timeout=self.settings.grace_period_s)  # raises if the broker refused
         self.metrics.observe_stage("produce", time.perf_counter() - t0)
-        now = time.time()
-        for _, sent_at in sends:
-            if sent_at is not None:
-                self.metrics.observe_e2e(max(0.0, now - sent_at))
-        self._commit(records)
-        self.metrics.set_in_flight(0)
-        self._update_lag(records)
+        return [r.sent_at for r in results if r.sent_at is not None]
+
+    def _rewind(self, records: list[ConsumerRecord], exc: Exception) -> None:
+        """Nothing of this batch is committed: seek back so the next poll replays it."""
+        log.warning("produce/commit failed, replaying the batch: %r", exc)
+        if self._transactional:
+            with contextlib.suppress(Exception):
+                self.producer.abort_transaction()
+        first: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            first[tp] = min(first.get(tp, r.offset), r.offset)
+        assigned = self.consumer.assignment()
+        for tp, offset in first.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+        self._backoff = min(5.0, max(0.2, self._backoff * 2))
+        time.sleep(random.uniform(0, self._backoff))
 
     def _prepare(self, record: ConsumerRecord) -> _Outcome:
         self.stats.consumed += 1
@@ -198,7 +250,7 @@ class Worker:
                 time.sleep(random.uniform(0, min(5.0, 0.2 * 2**attempt)))
         raise AssertionError("unreachable")
 
-    def _emit(self, outcome: _Outcome) -> list[tuple[Future[Any], float | None]]:
+    def _result(self, outcome: _Outcome) -> _Result:
         record = outcome.record
         if outcome.prepared is not None and outcome.rejection is None:
             try:
@@ -206,86 +258,53 @@ class Worker:
                 predictions = [p for p, _ in results]
                 timings = {k: sum(t.get(k, 0.0) for _, t in results) for k in ("cnn", "svm")}
                 finding = build_finding(
-                    outcome.prepared,
-                    predictions,
-                    timings,
-                    self.models,
-                    self.settings,
-                    source={
-                        "topic": record.topic,
-                        "partition": record.partition,
-                        "offset": record.offset,
-                    },
+                    outcome.prepared, predictions, timings, self.models, self.settings,
+                    source={"topic": record.topic, "partition": record.partition,
+                            "offset": record.offset},
                 )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a model failure is this event's failure
                 log.exception("inference failed for offset %s", record.offset)
                 outcome.rejection = Rejection("internal_error", f"{type(exc).__name__}: {exc}")
             else:
-                return self._send_finding(record, finding)
+                return self._finding_result(record, finding)
         assert outcome.rejection is not None
-        return [self._send_dead_letter(record, outcome.rejection)]
-
-    def _send_finding(
-        self, record: ConsumerRecord, finding: dict[str, Any]
-    ) -> list[tuple[Future[Any], float | None]]:
-        import json
-
-        for stage in ("cnn", "svm"):
-            if stage in finding["timings_ms"]:
-                self.metrics.observe_stage(stage, finding["timings_ms"][stage] / 1e3)
-        sent_at = time.time() - finding["latency_ms"] / 1e3
-        out = [
-            (
-                self.producer.send(
-                    self.settings.findings_topic,
-                    key=record.key,
-                    value=json.dumps(finding).encode(),
-                    headers=[("content-type", b"application/json")],
-                ),
-                sent_at,
-            )
-        ]
-        for alert in build_alerts(finding, self.settings):
-            out.append(
-                (
-                    self.producer.send(
-                        self.settings.alerts_topic,
-                        key=record.key,
-                        value=json.dumps(alert).encode(),
-                        headers=[("content-type", b"application/json")],
-                    ),
-                    None,
-                )
-            )
-            self.metrics.count_alert(alert["severity"])
-            self.stats.alerts += 1
-        self.stats.findings += 1
-        self.metrics.count_event("finding")
-        log_event(
-            log, "finding", record, stage="finding", duration_ms=sum(finding["timings_ms"].values())
-        )
-        return out
-
-    def _send_dead_letter(
-        self, record: ConsumerRecord, rejection: Rejection
-    ) -> tuple[Future[Any], float | None]:
         headers = dead_letter_headers(
-            record.headers or [],
-            rejection.reason,
-            rejection.detail,
-            record.topic,
-            record.partition,
-            record.offset,
-            time.time(),
+            record.headers or [], outcome.rejection.reason, outcome.rejection.detail,
+            record.topic, record.partition, record.offset, time.time(),
         )
-        self.stats.dead_letters += 1
-        self.stats.by_reason[rejection.reason] = self.stats.by_reason.get(rejection.reason, 0) + 1
-        self.metrics.count_event("dead_letter", rejection.reason)
-        log_event(log, "dead_letter", record, stage="dead_letter", reason=rejection.reason)
-        future = self.producer.send(
-            self.settings.dlq_topic, key=record.key, value=record.value, headers=headers
-        )
-        return future, None
+        return _Result(record, [(self.settings.dlq_topic, record.value, headers)],
+                       rejection=outcome.rejection)
+
+    def _finding_result(self, record: ConsumerRecord, finding: dict[str, Any]) -> _Result:
+        json_headers = [("content-type", b"application/json")]
+        messages = [(self.settings.findings_topic, json.dumps(finding).encode(), json_headers)]
+        alerts = build_alerts(finding, self.settings)
+        messages += [(self.settings.alerts_topic, json.dumps(a).encode(), json_headers)
+                     for a in alerts]
+        return _Result(record, messages, finding=finding,
+                       alert_severities=[a["severity"] for a in alerts],
+                       sent_at=time.time() - finding["latency_ms"] / 1e3)
+
+    def _count(self, result: _Result) -> None:
+        """Metrics and stats for a result whose offsets are committed (so never twice)."""
+        if result.finding is not None:
+            for stage in ("cnn", "svm"):
+                if stage in result.finding["timings_ms"]:
+                    self.metrics.observe_stage(stage, result.finding["timings_ms"][stage] / 1e3)
+            self.stats.findings += 1
+            self.metrics.count_event("finding")
+            for severity in result.alert_severities:
+                self.metrics.count_alert(severity)
+                self.stats.alerts += 1
+            log_event(log, "finding", result.record, stage="finding",
+                      event_id=result.finding["event_id"],
+                      duration_ms=round(sum(result.finding["timings_ms"].values()), 3))
+        elif result.rejection is not None:
+            reason = result.rejection.reason
+            self.stats.dead_letters += 1
+            self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + 1
+            self.metrics.count_event("dead_letter", reason)
+            log_event(log, "dead_letter", result.record, stage="dead_letter", reason=reason)
 
     def _commit(self, records: list[ConsumerRecord]) -> None:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
@@ -300,6 +319,7 @@ class Worker:
         else:
             self.consumer.commit(offsets)
         self.metrics.observe_stage("commit", time.perf_counter() - t0)
+        self._backoff = 0.0
 
     def _on_batch(self, size: int, timings: dict[str, float]) -> None:
         self.metrics.observe_batch(size)
@@ -329,6 +349,8 @@ class _Rebalance:
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         self.worker.health.set_ready(False)
+        for tp in revoked:  # a partition we no longer own must not report stale lag
+            self.worker.metrics.remove_lag(tp.topic, tp.partition)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.worker.health.set_ready(bool(assigned))

@@ -4,7 +4,7 @@ The network is small on purpose (about 6 000 parameters) so that it trains on tw
 seconds and needs no deep-learning framework (CI must not install one)::
 
     image (N, 1, 64, 64) in [0, 1]
-    -> [Conv 3x3 pad 1 -> ReLU -> MaxPool 2x2] x 3   (8, 16, 32 channels; 64 -> 8 pixels)
+    -> [Conv 3x3 pad 1 -> MaxPool 2x2 -> ReLU] x 3   (8, 16, 32 channels; 64 -> 8 pixels)
     -> GlobalMaxPool (a lesion can be anywhere: "is there a lesion detector that fires?")
     -> Gemm (32 -> 1) = logit -> Sigmoid = probability of "lesion"
 
@@ -75,35 +75,52 @@ def _conv_backward(
     return dxp[:, 1:-1, 1:-1, :], dw, db
 
 
-def _pool(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    n, h, w, c = x.shape
-    r = x.reshape(n, h // 2, 2, w // 2, 2, c)
-    out = r.max(axis=(2, 4))
-    return out, r == out[:, :, None, :, None, :]
+_QUADRANTS: Final = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+def _pool(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """2x2 max pooling of NHWC ``z``; returns the pooled map and which quadrant won.
+
+    The winner is the first quadrant holding the maximum, so that a tie (frequent: the window
+    clips air to exactly 0) sends the gradient to one input only, as an argmax would.
+    """
+    q = [z[:, i::2, j::2] for i, j in _QUADRANTS]
+    out = np.maximum(np.maximum(q[0], q[1]), np.maximum(q[2], q[3]))
+    which = np.full(out.shape, 3, np.int8)
+    for k in (2, 1, 0):
+        which[q[k] == out] = k
+    return out, which
+
+
+def _pool_backward(dout: np.ndarray, which: np.ndarray) -> np.ndarray:
+    n, h, w, c = dout.shape
+    dz = np.empty((n, 2 * h, 2 * w, c), dout.dtype)
+    for k, (i, j) in enumerate(_QUADRANTS):
+        dz[:, i::2, j::2] = np.where(which == k, dout, 0.0)
+    return dz
 
 
 @dataclass
 class _Cache:
     cols: list[np.ndarray]
-    relu: list[np.ndarray]
     pool: list[np.ndarray]
+    relu: list[np.ndarray]
     last: np.ndarray
     gmax: np.ndarray
-    shapes: list[tuple[int, ...]]
 
 
 def forward(params: Params, x: np.ndarray) -> tuple[np.ndarray, _Cache]:
     """Logits (N,) for NHWC images ``x`` (N, 64, 64, 1), and what backward needs."""
-    cache = _Cache([], [], [], x, x, [])
+    cache = _Cache([], [], [], x, x)
     h = x
     for i in range(1, len(CHANNELS) + 1):
         z, cols = _conv(h, params[f"conv{i}.w"], params[f"conv{i}.b"])
-        a = np.maximum(z, 0.0)
-        cache.shapes.append(a.shape)
-        h, mask = _pool(a)
+        # MaxPool and ReLU commute exactly; pooling first makes the ReLU four times cheaper.
+        pooled, which = _pool(z)
+        h = np.maximum(pooled, 0.0)
         cache.cols.append(cols)
-        cache.relu.append(z > 0)
-        cache.pool.append(mask)
+        cache.pool.append(which)
+        cache.relu.append(pooled > 0)
     g = h.max(axis=(1, 2))
     cache.last = h
     cache.gmax = h == g[:, None, None, :]
@@ -120,10 +137,7 @@ def backward(params: Params, cache: _Cache, dlogits: np.ndarray) -> Params:
     ties = cache.gmax.sum(axis=(1, 2), keepdims=True).astype(np.float32)
     dh = cache.gmax * (dg[:, None, None, :] / ties)
     for i in range(len(CHANNELS), 0, -1):
-        n, hh, ww, c = cache.shapes[i - 1]
-        mask = cache.pool[i - 1]
-        da = (mask * dh[:, :, None, :, None, :]).reshape(n, hh, ww, c)
-        dz = da * cache.relu[i - 1]
+        dz = _pool_backward(dh * cache.relu[i - 1], cache.pool[i - 1])
         dx, dw, db = _conv_backward(dz, cache.cols[i - 1], params[f"conv{i}.w"], need_dx=i > 1)
         grads[f"conv{i}.w"], grads[f"conv{i}.b"] = dw, db
         if dx is not None:

@@ -55,10 +55,10 @@ def cnn_to_onnx(params: Params) -> onnx.ModelProto:
         inits += [_const(w, params[w].astype(np.float32)), _const(b, params[b].astype(np.float32))]
         nodes += [
             helper.make_node("Conv", [h, w, b], [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
-            helper.make_node("MaxPool", [f"r{i}"], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2]),
+            helper.make_node("MaxPool", [f"c{i}"], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2]),
+            helper.make_node("Relu", [f"p{i}"], [f"r{i}"]),
         ]
-        h = f"p{i}"
+        h = f"r{i}"
     inits += [
         _const("fc.w", params["fc.w"].astype(np.float32)),
         _const("fc.b", params["fc.b"].astype(np.float32)),
@@ -106,27 +106,31 @@ class SvmParams:
 def svm_to_onnx(p: SvmParams) -> onnx.ModelProto:
     """The RBF SVM as an ONNX graph of elementary operators.
 
-    Input ``features`` (N, F) float32 raw; outputs ``decision`` and ``probability`` (N,).
-    Squared distances are formed as sum((x - sv)^2) rather than |x|^2 - 2 x.sv + |sv|^2: the
-    expanded form cancels catastrophically in float32 for nearby points, and the direct form
-    keeps the decision within 1e-4 of scikit-learn's float64 value.
+    Input ``features`` (N, F) float32 raw; outputs ``probability`` and ``decision`` (N,) float32.
+    The graph computes in float64 (one Cast in, one per output): raw features reach thousands of
+    HU, and with C up to 100 the float32 rounding of ``(x - mean) / scale`` alone moved decision
+    values by ~1e-4; in float64 they match scikit-learn (itself float64) to ~1e-7, the float32
+    rounding of the output. Squared distances are sum((z - sv)^2), not the expansion
+    |z|^2 - 2 z.sv + |sv|^2, which cancels for nearby points. Every operator used has a float64
+    CUDA kernel in onnxruntime.
     """
     f = p.support_vectors.shape[1]
-    f32 = np.float32
+    f64 = np.float64
     inits = [
-        _const("mean", p.mean.astype(f32)),
-        _const("scale", p.scale.astype(f32)),
-        _const("sv", p.support_vectors.astype(f32)[None, :, :]),  # (1, S, F)
-        _const("coef", p.dual_coef.astype(f32)[:, None]),  # (S, 1)
-        _const("intercept", np.array([p.intercept], f32)),
-        _const("neg_gamma", np.array([-p.gamma], f32)),
-        _const("platt_a", np.array([p.platt_a], f32)),
-        _const("platt_b", np.array([p.platt_b], f32)),
+        _const("mean", p.mean.astype(f64)),
+        _const("scale", p.scale.astype(f64)),
+        _const("sv", p.support_vectors.astype(f64)[None, :, :]),  # (1, S, F)
+        _const("coef", p.dual_coef.astype(f64)[:, None]),  # (S, 1)
+        _const("intercept", np.array([p.intercept], f64)),
+        _const("neg_gamma", np.array([-p.gamma], f64)),
+        _const("platt_a", np.array([p.platt_a], f64)),
+        _const("platt_b", np.array([p.platt_b], f64)),
         _const("axis1", np.array([1], np.int64)),
         _const("axis2", np.array([2], np.int64)),
     ]
     nodes = [
-        helper.make_node("Sub", ["features", "mean"], ["centred"]),
+        helper.make_node("Cast", ["features"], ["x64"], to=TensorProto.DOUBLE),
+        helper.make_node("Sub", ["x64", "mean"], ["centred"]),
         helper.make_node("Div", ["centred", "scale"], ["z"]),
         helper.make_node("Unsqueeze", ["z", "axis1"], ["z3"]),  # (N, 1, F)
         helper.make_node("Sub", ["z3", "sv"], ["diff"]),  # (N, S, F)
@@ -136,10 +140,12 @@ def svm_to_onnx(p: SvmParams) -> onnx.ModelProto:
         helper.make_node("Exp", ["scaled"], ["kernel"]),
         helper.make_node("MatMul", ["kernel", "coef"], ["weighted"]),  # (N, 1)
         helper.make_node("Add", ["weighted", "intercept"], ["decision2d"]),
-        helper.make_node("Squeeze", ["decision2d", "axis1"], ["decision"]),
-        helper.make_node("Mul", ["decision", "platt_a"], ["platt_ax"]),
+        helper.make_node("Squeeze", ["decision2d", "axis1"], ["decision64"]),
+        helper.make_node("Mul", ["decision64", "platt_a"], ["platt_ax"]),
         helper.make_node("Add", ["platt_ax", "platt_b"], ["platt_z"]),
-        helper.make_node("Sigmoid", ["platt_z"], ["probability"]),
+        helper.make_node("Sigmoid", ["platt_z"], ["probability64"]),
+        helper.make_node("Cast", ["decision64"], ["decision"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["probability64"], ["probability"], to=TensorProto.FLOAT),
     ]
     graph = helper.make_graph(
         nodes,

@@ -1,39 +1,18 @@
-"""Helpers for tests against the real broker: isolated topics, a worker thread, a collector."""
+"""Helpers for tests against the real broker: a worker thread and a result collector."""
 
 from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from worker.runtime import kafka as kafka_clients
 from worker.runtime.loop import Worker
 from worker.runtime.service import start_worker
 from worker.settings import Settings
-
-
-@pytest.fixture
-def isolated_settings(kafka_bootstrap: str) -> Settings:
-    """Settings with topics and a group of their own, so tests never see each other's events."""
-    run = uuid.uuid4().hex[:8]
-    settings = Settings.from_env(
-        {},
-        bootstrap_servers=kafka_bootstrap,
-        events_topic=f"t{run}.events",
-        findings_topic=f"t{run}.findings",
-        alerts_topic=f"t{run}.alerts",
-        dlq_topic=f"t{run}.dlq",
-        group_id=f"g{run}",
-        worker_id=f"test-{run}",
-    )
-    kafka_clients.ensure_topics(kafka_bootstrap, settings)
-    return settings
 
 
 @contextmanager
