@@ -40,10 +40,12 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_rescale, get_decoder, pixel_array
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.processing import apply_color_lut, apply_rescale
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
-from worker.errors import Rejection
+from worker.errors import Reason, Rejection
 
 # Elements any real DICOM object carries; a forced parse of random bytes finds none of them.
 _IDENTITY_TAGS = ("SOPClassUID", "SOPInstanceUID", "Modality", "StudyInstanceUID", "Rows")
@@ -121,11 +123,11 @@ def _parse(data: bytes) -> Dataset:
     except InvalidDicomError as exc:
         raise Rejection("not_dicom", f"not a DICOM dataset ({exc})") from exc
     except (EOFError, OSError) as exc:
-        reason = "truncated" if has_preamble else "not_dicom"
+        reason: Reason = "truncated" if has_preamble else "not_dicom"
         raise Rejection(reason, f"dataset ends unexpectedly ({exc})") from exc
     except Exception as exc:
-        reason = "truncated" if has_preamble and _looks_truncated(exc) else "not_dicom"
-        raise Rejection(reason, f"unparsable dataset ({type(exc).__name__}: {exc})") from exc
+        guess: Reason = "truncated" if has_preamble and _looks_truncated(exc) else "not_dicom"
+        raise Rejection(guess, f"unparsable dataset ({type(exc).__name__}: {exc})") from exc
     if has_preamble:
         return ds  # a Part 10 file that parsed: DICOM, with or without an image
     try:
@@ -271,8 +273,10 @@ def _apply_bits_stored(arr: np.ndarray, bits_stored: int, signed: bool) -> np.nd
         return arr
     if signed:
         shift = bits_alloc - bits_stored
-        return (arr << shift) >> shift  # sign-extend from bit (bits_stored - 1)
-    return arr & np.array((1 << bits_stored) - 1, dtype=arr.dtype)
+        extended: np.ndarray = (arr << shift) >> shift  # sign-extend from bit bits_stored-1
+        return extended
+    masked: np.ndarray = arr & np.array((1 << bits_stored) - 1, dtype=arr.dtype)
+    return masked
 
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:

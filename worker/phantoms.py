@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 # Root for deterministic UIDs (2.25 = UUID-derived arc; the digits come from a hash of the seed).
 _UID_ROOT = "2.25."
@@ -105,7 +105,7 @@ def encode_ct(
     """
     stored = np.clip(np.rint(hu + 1024.0), 0, 4095).astype(np.uint16)
     meta = FileMetaDataset()
-    sop_uid = deterministic_uid(study, series, instance)
+    sop_uid = UID(deterministic_uid(study, series, instance))
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian

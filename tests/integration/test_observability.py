@@ -58,7 +58,8 @@ def test_readyz_then_real_prometheus_computes_p99(
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         "scrape_configs:\n"
-        f"  - job_name: scanstream\n    static_configs: [{{targets: ['127.0.0.1:{server.port}']}}]\n"
+        "  - job_name: scanstream\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{server.port}']}}]\n"
     )
     prom = subprocess.Popen(
         [

@@ -178,8 +178,7 @@ def detect_edges(
     """
     low, high = _clean_thresholds(low, high, method)
     if method == "interpolated":
-        edges, idx, labels, mags = _canny_interpolated(gradient, low, high)
-        return EdgeDetection(edges, idx, _regions(idx, labels, mags, edges.shape[1]))
+        return EdgeDetection(*_canny_interpolated(gradient, low, high))
     edges = _canny_opencv(gradient, low, high)
     idx = edge_indices(edges)
     return EdgeDetection(edges, idx, edge_regions(edges, gradient.magnitude, idx))
@@ -212,19 +211,17 @@ def canny_auto(
 
 def _canny_interpolated(
     gradient: Gradient, low: float, high: float
-) -> tuple[
-    npt.NDArray[np.uint8], npt.NDArray[np.intp], npt.NDArray[np.int32], npt.NDArray[np.float32]
-]:
-    """Edge map, and for its pixels: flat indices, component labels and magnitudes."""
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.intp], EdgeRegions]:
+    """Edge map, flat indices of its pixels, and its regions."""
     gx, gy, mag = gradient
     h, w = mag.shape
     edges = np.zeros((h, w), np.uint8)
-    nothing = (edges, np.zeros(0, np.intp), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    nothing = (edges, np.zeros(0, np.intp), EdgeRegions(0, None))
     if h < 3 or w < 3:
         return nothing
-    cand = (mag >= np.float32(low)).view(np.uint8)
-    cand[0, :] = cand[-1, :] = cand[:, 0] = cand[:, -1] = 0
-    idx = edge_indices(cand)
+    cand = mag >= np.float32(low)
+    cand[0, :] = cand[-1, :] = cand[:, 0] = cand[:, -1] = False
+    idx = np.flatnonzero(cand)  # on a bool mask, faster than cv2.findNonZero
     if idx.size == 0:
         return nothing
     fx, fy, fm = gx.ravel()[idx], gy.ravel()[idx], mag.ravel()[idx]
@@ -254,7 +251,8 @@ def _canny_interpolated(
     seeded[labels[fm >= np.float32(high)]] = True
     final = seeded[labels]
     edges.ravel()[idx] = np.where(final, 255, 0).astype(np.uint8)
-    return edges, idx[final], labels[final], fm[final]
+    regions = _regions(idx[final], labels[final], fm[final], w, n)
+    return edges, idx[final], regions
 
 
 def _canny_opencv(gradient: Gradient, low: float, high: float) -> npt.NDArray[np.uint8]:
@@ -300,9 +298,9 @@ def edge_regions(
     idx = edge_indices(edge_map) if indices is None else indices
     if idx.size == 0:
         return EdgeRegions(0, None)
-    _, label_image = cv2.connectedComponents(edge_map, connectivity=8, ltype=cv2.CV_32S)
+    n, label_image = cv2.connectedComponents(edge_map, connectivity=8, ltype=cv2.CV_32S)
     labels = np.asarray(label_image, np.int32).ravel()[idx]
-    return _regions(idx, labels, magnitude.ravel()[idx], edge_map.shape[1])
+    return _regions(idx, labels, magnitude.ravel()[idx], edge_map.shape[1], n)
 
 
 def _regions(
@@ -310,14 +308,16 @@ def _regions(
     labels: npt.NDArray[np.int32],
     weights: npt.NDArray[np.float32],
     width: int,
+    n_labels: int,
 ) -> EdgeRegions:
+    """Regions from edge pixels' indices, labels (< ``n_labels``) and gradient magnitudes."""
     if idx.size == 0:
         return EdgeRegions(0, None)
-    # Labels are numbered in raster order of first pixel; unique() sorts them, so argmax's
-    # first-maximum rule breaks ties in raster order.
-    present, inverse = np.unique(labels, return_inverse=True)
-    totals = np.bincount(inverse, weights=weights.astype(np.float64))
-    best = idx[labels == present[int(np.argmax(totals))]]
+    totals = np.bincount(labels, weights=weights.astype(np.float64), minlength=n_labels)
+    # Labels are numbered in raster order of first pixel and argmax takes the first maximum,
+    # so ties go to the component met first.
+    best = idx[labels == int(np.argmax(totals))]
     ys, xs = np.divmod(best, int(width))
     x0, y0 = int(xs.min()), int(ys.min())
-    return EdgeRegions(int(present.size), (x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1))
+    count = int(np.count_nonzero(totals))  # every present label has positive total
+    return EdgeRegions(count, (x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1))

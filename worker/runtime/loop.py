@@ -186,11 +186,12 @@ class Worker:
         """Send every result and wait for the broker's acknowledgements (acks=all)."""
         if self._transactional:
             self.producer.begin_transaction()
-        futures: list[Future[Any]] = []
+        futures: list[Any] = []  # kafka.future.Future
         for result in results:
             for topic, value, headers in result.messages:
-                futures.append(self.producer.send(topic, key=result.record.key, value=value,
-                                                  headers=headers))
+                futures.append(
+                    self.producer.send(topic, key=result.record.key, value=value, headers=headers)
+                )
         t0 = time.perf_counter()
         self.producer.flush()
         for future in futures:
@@ -258,32 +259,50 @@ class Worker:
                 predictions = [p for p, _ in results]
                 timings = {k: sum(t.get(k, 0.0) for _, t in results) for k in ("cnn", "svm")}
                 finding = build_finding(
-                    outcome.prepared, predictions, timings, self.models, self.settings,
-                    source={"topic": record.topic, "partition": record.partition,
-                            "offset": record.offset},
+                    outcome.prepared,
+                    predictions,
+                    timings,
+                    self.models,
+                    self.settings,
+                    source={
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                    },
                 )
-            except Exception as exc:  # noqa: BLE001 - a model failure is this event's failure
+            except Exception as exc:
                 log.exception("inference failed for offset %s", record.offset)
                 outcome.rejection = Rejection("internal_error", f"{type(exc).__name__}: {exc}")
             else:
                 return self._finding_result(record, finding)
         assert outcome.rejection is not None
         headers = dead_letter_headers(
-            record.headers or [], outcome.rejection.reason, outcome.rejection.detail,
-            record.topic, record.partition, record.offset, time.time(),
+            record.headers or [],
+            outcome.rejection.reason,
+            outcome.rejection.detail,
+            record.topic,
+            record.partition,
+            record.offset,
+            time.time(),
         )
-        return _Result(record, [(self.settings.dlq_topic, record.value, headers)],
-                       rejection=outcome.rejection)
+        return _Result(
+            record, [(self.settings.dlq_topic, record.value, headers)], rejection=outcome.rejection
+        )
 
     def _finding_result(self, record: ConsumerRecord, finding: dict[str, Any]) -> _Result:
         json_headers = [("content-type", b"application/json")]
         messages = [(self.settings.findings_topic, json.dumps(finding).encode(), json_headers)]
         alerts = build_alerts(finding, self.settings)
-        messages += [(self.settings.alerts_topic, json.dumps(a).encode(), json_headers)
-                     for a in alerts]
-        return _Result(record, messages, finding=finding,
-                       alert_severities=[a["severity"] for a in alerts],
-                       sent_at=time.time() - finding["latency_ms"] / 1e3)
+        messages += [
+            (self.settings.alerts_topic, json.dumps(a).encode(), json_headers) for a in alerts
+        ]
+        return _Result(
+            record,
+            messages,
+            finding=finding,
+            alert_severities=[a["severity"] for a in alerts],
+            sent_at=time.time() - finding["latency_ms"] / 1e3,
+        )
 
     def _count(self, result: _Result) -> None:
         """Metrics and stats for a result whose offsets are committed (so never twice)."""
@@ -296,9 +315,14 @@ class Worker:
             for severity in result.alert_severities:
                 self.metrics.count_alert(severity)
                 self.stats.alerts += 1
-            log_event(log, "finding", result.record, stage="finding",
-                      event_id=result.finding["event_id"],
-                      duration_ms=round(sum(result.finding["timings_ms"].values()), 3))
+            log_event(
+                log,
+                "finding",
+                result.record,
+                stage="finding",
+                event_id=result.finding["event_id"],
+                duration_ms=round(sum(result.finding["timings_ms"].values()), 3),
+            )
         elif result.rejection is not None:
             reason = result.rejection.reason
             self.stats.dead_letters += 1
