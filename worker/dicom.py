@@ -156,7 +156,7 @@ def _int(ds: Dataset, keyword: str, default: int) -> int:
 
 def _pixels(ds: Dataset, limits: Limits) -> tuple[InstanceMeta, np.ndarray]:
     if not any(kw in ds for kw in _PIXEL_KEYWORDS):
-        if "Rows" in ds or "SOPClassUID" not in ds:
+        if "Rows" in ds or len(ds) == 0:
             # An image header without its pixels, or a meta header without a dataset: the
             # bytes stop early (pydicom stops quietly at the end of the data).
             raise Rejection("truncated", "the dataset ends before its pixel data")
@@ -181,6 +181,8 @@ def _pixels(ds: Dataset, limits: Limits) -> tuple[InstanceMeta, np.ndarray]:
         raise Rejection(
             "too_large", f"{rows}x{cols}x{n_frames} pixels exceeds the limit of {limits.max_pixels}"
         )
+    if not str(ds.get("SOPInstanceUID", "")).strip():
+        raise Rejection("integrity_error", "no SOPInstanceUID: a finding could not name the image")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if "PixelData" in ds and ts in _NATIVE_SYNTAXES:
         if photometric == "YBR_FULL_422":

@@ -38,8 +38,12 @@ def setup(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    # pydicom logs every oddity of real-world files; the outcome is in the finding or dead letter.
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # pydicom logs every oddity of real-world files, and decoder failures with tracebacks; the
+    # outcome (with its reason) is in the finding or the dead letter instead.
+    # Imported first because pydicom resets its logger's level when it is imported.
+    import pydicom  # noqa: F401
+
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 
 def log_event(logger: logging.Logger, msg: str, record: Any, **fields: Any) -> None:
