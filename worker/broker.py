@@ -35,6 +35,10 @@ SLF4J_VERSION: Final = "2.0.17"
 LOG4J_VERSION: Final = "2.24.3"
 MESSAGE_MAX_BYTES: Final = 32 * 1024 * 1024  # above the worker's 16 MiB default event limit
 
+# Brokers started by this process: kept referenced so that they are reaped (waited for) when
+# stopped, rather than left as zombies or reported as leaked by Popen's destructor.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>scanstream</groupId><artifactId>kafka-broker-jars</artifactId>
@@ -261,6 +265,7 @@ def start(
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # own process group: stop() can kill the whole JVM tree
         )
+    _CHILDREN[proc.pid] = proc
     info = BrokerInfo(proc.pid, f"127.0.0.1:{port}", controller_port, str(data_dir), str(log_file))
     try:
         _wait_ready(info, proc, timeout_s)
@@ -304,8 +309,16 @@ def _wait_ready(info: BrokerInfo, proc: subprocess.Popen[bytes], timeout_s: floa
 
 
 def _kill(pid: int, grace_s: float = 20.0) -> None:
+    child = _CHILDREN.pop(pid, None)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
+    if child is not None:
+        try:
+            child.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(pid, signal.SIGKILL)
+            child.wait()
+        return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and _pid_alive(pid):
         with contextlib.suppress(ChildProcessError):
@@ -356,6 +369,7 @@ def restart_in_place(info: BrokerInfo, state_dir: Path, down_s: float = 0.0) -> 
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    _CHILDREN[proc.pid] = proc
     new = BrokerInfo(proc.pid, info.bootstrap, info.controller_port, info.data_dir, info.log_file)
     _wait_ready(new, proc, 90.0)
     _state_file(state_dir).write_text(json.dumps(asdict(new)))

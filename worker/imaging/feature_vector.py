@@ -58,6 +58,16 @@ ORIENTATION_BINS: Final = 8
 GLCM_LEVELS: Final = 16
 #: The gradient-magnitude percentiles in the vector (grad_p50, grad_p90, grad_p99).
 GRADIENT_PERCENTILES: Final = (50.0, 90.0, 99.0)
+#: Features in gradient-magnitude units (modality units per pixel).
+GRADIENT_FEATURES: Final = (
+    "grad_mean",
+    "grad_std",
+    "grad_p50",
+    "grad_p90",
+    "grad_p99",
+    "edge_strength_mean",
+)
+_F32_MAX: Final = float(np.finfo(np.float32).max)
 #: Co-occurrence pairs per direction the texture rows aim at (see the table above).
 TEXTURE_PAIRS: Final = 65536
 
@@ -91,6 +101,7 @@ FEATURE_NAMES: Final[tuple[str, ...]] = (
     "glcm_energy",
     "glcm_correlation",
 )
+_GRADIENT_SLOTS: Final = [FEATURE_NAMES.index(n) for n in GRADIENT_FEATURES]
 
 
 def features(
@@ -102,6 +113,7 @@ def features(
     indices: npt.NDArray[np.intp] | None = None,
     regions: EdgeRegions | None = None,
     gradient_percentiles: tuple[float, float, float] | None = None,
+    gradient_scale: float = 1.0,
 ) -> npt.NDArray[np.float32]:
     """The :data:`FEATURE_NAMES` vector (float32) of one frame.
 
@@ -110,6 +122,8 @@ def features(
     ``indices`` and ``regions`` (from :func:`~worker.imaging.edges.edge_indices` and
     :func:`~worker.imaging.edges.edge_regions`) and ``gradient_percentiles`` (the magnitude's
     50th, 90th and 99th on the :mod:`stats` subsample) may be passed to avoid recomputing them.
+    ``gradient_scale`` multiplies the gradient-valued features (:data:`GRADIENT_FEATURES`), for a
+    gradient computed on a scaled copy of the frame. Values beyond the float32 range saturate.
 
     >>> from worker.imaging.edges import canny_auto, sobel
     >>> img = np.zeros((32, 32), np.float32); img[8:24, 8:24] = 100.0
@@ -128,7 +142,7 @@ def features(
     out[2:5] = quantiles(sample, (1.0, 50.0, 99.0))
     out[5:7] = _shape_moments(sample)
 
-    q = quantise(windowed)
+    q = _quantise_unit(windowed)
     step = texture_row_step(q.shape)
     p0, p90 = cooccurrence(q, step)
     out[7] = _entropy_bits(p0.sum(axis=1))
@@ -150,6 +164,9 @@ def features(
         )
     props = [_props(p) for p in (p0, p90)]
     out[24:28] = np.mean(props, axis=0)
+    if gradient_scale != 1.0:
+        out[_GRADIENT_SLOTS] *= gradient_scale
+    np.clip(out, -_F32_MAX, _F32_MAX, out=out)  # a float64 -> float32 overflow would give inf
     return out.astype(np.float32)
 
 
@@ -186,8 +203,12 @@ def quantise(windowed: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
     >>> quantise(np.float32([[0.0, 0.5, 0.99, 1.0, 2.0]])).tolist()
     [[0, 8, 15, 15, 15]]
     """
-    w = np.clip(np.asarray(windowed, np.float32), 0.0, 1.0)
-    q = cv2.convertScaleAbs(w, alpha=float(GLCM_LEVELS - 1))  # rounds and saturates in one pass
+    return _quantise_unit(np.clip(np.asarray(windowed, np.float32), 0.0, 1.0))
+
+
+def _quantise_unit(windowed: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+    # Values must already lie in [0, 1] (convertScaleAbs would fold negatives up).
+    q = cv2.convertScaleAbs(windowed, alpha=float(GLCM_LEVELS - 1))  # rounds, saturates: 1 pass
     return cast("npt.NDArray[np.uint8]", q)
 
 

@@ -22,12 +22,14 @@ import numpy.typing as npt
 
 from worker.imaging.config import ImagingConfig
 from worker.imaging.edges import detect_edges, sobel, thresholds_from_percentiles
-from worker.imaging.feature_vector import GRADIENT_PERCENTILES, features
+from worker.imaging.feature_vector import FEATURE_NAMES, GRADIENT_PERCENTILES, features
 from worker.imaging.filters import as_float32, gaussian_filter, mean_filter, median_filter
 from worker.imaging.stats import quantiles, subsample
 from worker.imaging.window import default_window, window
 
 DEFAULT_CONFIG: Final = ImagingConfig()
+_SAFE_HIGH: Final = 2.0**56
+_SAFE_LOW: Final = 2.0**-56
 _GRAD_PCTS: Final = (*GRADIENT_PERCENTILES, 99.5)
 
 #: Fine-grained stage names timed by :func:`analyze_frame_stages`, in pipeline order.
@@ -44,6 +46,24 @@ class FrameAnalysis:
     edge_bbox: tuple[int, int, int, int] | None  # (x, y, width, height) of the strongest region
     canny_thresholds: tuple[float, float]  # (low, high), gradient-magnitude units
     timings_ms: dict[str, float]  # "filter" (window included), "edges", "features"
+
+    def named_features(self) -> dict[str, float]:
+        """The feature vector as ``{name: value}`` in :data:`FEATURE_NAMES` order (for evidence).
+
+        >>> a = analyze_frame(np.full((4, 4), 7.0, np.float32), "MR")
+        >>> a.named_features()["int_mean"], len(a.named_features())
+        (7.0, 28)
+        """
+        return dict(zip(FEATURE_NAMES, self.features.tolist(), strict=True))
+
+
+def _safe_scale(img: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], float]:
+    """``img / gain`` with ``gain`` a power of two (exact), 1 unless ``img``'s peak is extreme."""
+    peak = float(cv2.norm(img, cv2.NORM_INF))
+    if _SAFE_LOW <= peak <= _SAFE_HIGH or peak == 0.0:
+        return img, 1.0
+    exponent = math.floor(math.log2(peak))
+    return np.ldexp(img, -exponent).astype(np.float32, copy=False), 2.0**exponent
 
 
 def denoise(frame: npt.NDArray[np.float32], config: ImagingConfig) -> npt.NDArray[np.float32]:
@@ -74,6 +94,10 @@ def analyze_frame_stages(
         raise ValueError("frame holds NaN or infinite values")
     clock = time.perf_counter
     t0 = clock()
+    # Gradients of values beyond ~1e18 overflow float32 (and of values below ~1e-19 underflow
+    # when squared): such frames are analysed scaled by an exact power of two, and the
+    # gradient-valued results scaled back.
+    work, gain = _safe_scale(img)
     center, width = default_window(
         img,
         modality,
@@ -83,14 +107,14 @@ def analyze_frame_stages(
     )
     windowed = window(img, center, width)
     t1 = clock()
-    smooth = denoise(img, config)
+    smooth = denoise(work, config)
     t2 = clock()
     grad = sobel(smooth)
     t3 = clock()
     # One selection serves both the thresholds and the gradient features.
     p50, p90, p99, p995 = (float(v) for v in quantiles(subsample(grad.magnitude), _GRAD_PCTS))
     if config.canny_thresholds is not None:
-        low, high = (float(v) for v in config.canny_thresholds)
+        low, high = (float(v) / gain for v in config.canny_thresholds)
     else:
         low, high = thresholds_from_percentiles(
             p50, p995, config.canny_noise_k, config.canny_floor, config.canny_low_ratio
@@ -105,6 +129,7 @@ def analyze_frame_stages(
         indices=idx,
         regions=regions,
         gradient_percentiles=(p50, p90, p99),
+        gradient_scale=gain,
     )
     t5 = clock()
     fine = {
@@ -116,7 +141,8 @@ def analyze_frame_stages(
         "edges": fine["sobel"] + fine["canny"],
         "features": fine["features"],
     }
-    result = FrameAnalysis(vec, windowed, edges, regions.bbox, (low, high), timings)
+    thresholds = (low * gain, high * gain)
+    result = FrameAnalysis(vec, windowed, edges, regions.bbox, thresholds, timings)
     return result, fine
 
 

@@ -41,6 +41,7 @@ CT_WINDOWS: Final[Mapping[str, tuple[float, float]]] = MappingProxyType(
     }
 )
 DEFAULT_PERCENTILES: Final = (1.0, 99.0)
+_F32_SAFE: Final = 1e37
 #: Percentile windows for modalities without an absolute scale.
 MODALITY_PERCENTILES: Final[Mapping[str, tuple[float, float]]] = MappingProxyType(
     {
@@ -64,10 +65,15 @@ def window(frame: npt.NDArray[np.float32], center: float, width: float) -> npt.N
     """
     if not width > 0:
         raise ValueError(f"window width must be positive, got {width}")
-    out = np.subtract(frame, np.float32(center - width / 2.0), dtype=np.float32)
-    out *= np.float32(1.0 / width)
-    np.clip(out, np.float32(0.0), np.float32(1.0), out=out)
-    return out
+    low, scale = center - width / 2.0, 1.0 / width
+    reach = float(cv2.norm(frame, cv2.NORM_INF)) + abs(low)
+    if reach < _F32_SAFE and 1.0 / _F32_SAFE < scale < _F32_SAFE and reach * scale < _F32_SAFE:
+        out = np.subtract(frame, np.float32(low), dtype=np.float32)
+        out *= np.float32(scale)
+        np.clip(out, np.float32(0.0), np.float32(1.0), out=out)
+        return out
+    # Extreme values or windows would overflow float32 on the way: go through float64.
+    return np.clip((frame.astype(np.float64) - low) * scale, 0.0, 1.0).astype(np.float32)
 
 
 def percentile_window(

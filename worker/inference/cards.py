@@ -96,9 +96,22 @@ class ModelCard:
         where = path.parent / CARD_FILE
         if not isinstance(data, dict):
             raise ModelError(f"{where}: a card must be a JSON object")
-        required = ("name", "version", "task", "input_kind", "input_name", "input_shape",
-                    "input_dtype", "outputs", "preprocessing", "labels", "decision_threshold",
-                    "sha256", "training", "evaluation")
+        required = (
+            "name",
+            "version",
+            "task",
+            "input_kind",
+            "input_name",
+            "input_shape",
+            "input_dtype",
+            "outputs",
+            "preprocessing",
+            "labels",
+            "decision_threshold",
+            "sha256",
+            "training",
+            "evaluation",
+        )
         missing = [k for k in required if k not in data]
         if missing:
             raise ModelError(f"{where}: card lacks field(s) {', '.join(missing)}")
@@ -136,6 +149,8 @@ class ModelCard:
         out = []
         if self.schema_version != CARD_SCHEMA_VERSION:
             out.append(f"schema_version {self.schema_version} is not {CARD_SCHEMA_VERSION}")
+        if self.input_dtype != "float32":  # the worker feeds float32 to every model
+            out.append(f"input_dtype must be 'float32', not {self.input_dtype!r}")
         if self.input_kind not in INPUT_KINDS:
             out.append(f"input_kind must be one of {INPUT_KINDS}, not {self.input_kind!r}")
         if set(self.outputs) != {"probability", "score"}:
@@ -171,7 +186,9 @@ def write_card(card: ModelCard, model_dir: Path) -> Path:
 def _model_dirs(models_dir: Path) -> list[Path]:
     if not models_dir.is_dir():
         raise ModelError(f"{models_dir}: models directory does not exist")
-    dirs = sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    dirs = sorted(
+        p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+    )
     if not dirs:
         raise ModelError(f"{models_dir}: no model directories (expected <name>/model.onnx)")
     return dirs

@@ -48,10 +48,11 @@ def cnn_input(windowed: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32
     """
     if windowed.ndim != 2:
         raise ValueError(f"cnn_input expects a 2-D windowed slice, got shape {windowed.shape}")
-    img = np.ascontiguousarray(windowed, dtype=np.float32)
+    img: npt.NDArray[Any] = np.ascontiguousarray(windowed, dtype=np.float32)
     if img.shape != (CNN_SIZE, CNN_SIZE):
         img = cv2.resize(img, (CNN_SIZE, CNN_SIZE), interpolation=cv2.INTER_AREA)
-    return np.clip(img, 0.0, 1.0).astype(np.float32, copy=False)
+    out: npt.NDArray[np.float32] = np.clip(img, 0.0, 1.0).astype(np.float32, copy=False)
+    return out
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,15 @@ class Prediction:
             (self.svm_model, self.svm_probability, self.svm_decision, self.svm_threshold),
         ):
             positive = p >= threshold
-            out.append({
-                "model": model,
-                "label": self.labels[1] if positive else self.labels[0],
-                "probability": p,
-                "score": score,
-                "positive": positive,
-            })
+            out.append(
+                {
+                    "model": model,
+                    "label": self.labels[1] if positive else self.labels[0],
+                    "probability": p,
+                    "score": score,
+                    "positive": positive,
+                }
+            )
         return out
 
 
@@ -107,16 +110,20 @@ def _check_io(card: ModelCard, session: ort.InferenceSession) -> None:
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].name != card.input_name:
         names = [i.name for i in inputs]
-        raise ModelError(f"{card.path}: graph inputs {names} != card input_name {card.input_name!r}")
-    if inputs[0].type != f"tensor({'float' if card.input_dtype == 'float32' else card.input_dtype})":
-        raise ModelError(f"{card.path}: input type {inputs[0].type} != card {card.input_dtype}")
+        raise ModelError(
+            f"{card.path}: graph inputs {names} != card input_name {card.input_name!r}"
+        )
+    if inputs[0].type != "tensor(float)":
+        raise ModelError(f"{card.path}: input type {inputs[0].type} is not tensor(float)")
     graph_shape = [d if isinstance(d, int) else None for d in inputs[0].shape]
     if graph_shape != list(card.input_shape):
         raise ModelError(f"{card.path}: input shape {graph_shape} != card {list(card.input_shape)}")
     outputs = {o.name for o in session.get_outputs()}
     missing = set(card.outputs.values()) - outputs
     if missing:
-        raise ModelError(f"{card.path}: card outputs {sorted(missing)} not in graph {sorted(outputs)}")
+        raise ModelError(
+            f"{card.path}: card outputs {sorted(missing)} not in graph {sorted(outputs)}"
+        )
 
 
 def _session(card: ModelCard, want_cuda: bool) -> _Loaded:
@@ -133,8 +140,9 @@ def _pick(cards: list[ModelCard], kind: str, models_dir: Path) -> ModelCard:
     found = [c for c in cards if c.input_kind == kind]
     if len(found) != 1:
         names = [c.name for c in found] or "none"
-        raise ModelError(f"{models_dir}: need exactly one model with input_kind {kind!r}, "
-                         f"found {names}")
+        raise ModelError(
+            f"{models_dir}: need exactly one model with input_kind {kind!r}, found {names}"
+        )
     return found[0]
 
 
@@ -174,8 +182,10 @@ class ModelSet:
         if cnn_card.input_shape[1:] != (1, CNN_SIZE, CNN_SIZE):
             raise ModelError(f"{cnn_card.path}: image models must take (N, 1, 64, 64) input")
         if svm_card.labels != cnn_card.labels:
-            raise ModelError(f"{svm_card.path}: labels {svm_card.labels} differ from the image "
-                             f"model's {cnn_card.labels}")
+            raise ModelError(
+                f"{svm_card.path}: labels {svm_card.labels} differ from the image "
+                f"model's {cnn_card.labels}"
+            )
         want_cuda = CUDA in ort.get_available_providers()
         cnn = _session(cnn_card, want_cuda)
         # If CUDA just failed, do not ask again: onnxruntime would log the same error twice.
@@ -185,8 +195,10 @@ class ModelSet:
         elif cnn.provider == CUDA and svm.provider == CUDA:
             note = "CUDA requested and in use"
         else:
-            note = ("CUDA requested but onnxruntime fell back to "
-                    f"{cnn.provider} (see the onnxruntime log for why)")
+            note = (
+                "CUDA requested but onnxruntime fell back to "
+                f"{cnn.provider} (see the onnxruntime log for why)"
+            )
         models = cls(cnn, svm, note)
         if require_gpu and models.provider != CUDA:
             raise ModelError(

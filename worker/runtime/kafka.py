@@ -77,7 +77,6 @@ def producer(bootstrap: str, settings: Settings, **extra: Any) -> KafkaProducer:
         # A restarted broker is found again within seconds, not the 30 s default backoff.
         reconnect_backoff_max_ms=2000,
         max_request_size=settings.max_message_bytes + _HEADROOM,
-        buffer_memory=max(64 * 1024 * 1024, 4 * (settings.max_message_bytes + _HEADROOM)),
         **extra,
     )
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from kafka import OffsetAndMetadata, TopicPartition
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from worker.contract import dead_letter_headers, parse_event
@@ -364,7 +364,7 @@ class Worker:
         return all(self.consumer.position(tp) >= ends[tp] for tp in assignment)
 
 
-class _Rebalance:
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """Partitions are revoked only between batches (the loop is synchronous), so every
     processed offset is already committed when this runs; it only keeps readiness truthful."""
 

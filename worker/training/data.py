@@ -70,6 +70,21 @@ def _visible_lesion(
     raise RuntimeError(f"no visible lesion in {MAX_REDRAWS} draws for slice {slice_seed}")
 
 
+def sample_slice(rng: np.random.Generator, with_lesion: bool) -> tuple[np.ndarray, int]:
+    """One phantom in HU (with a visible lesion if asked) and how many lesions were redrawn.
+
+    >>> hu, redraws = sample_slice(np.random.default_rng(5), with_lesion=True)
+    >>> hu.shape
+    (128, 128)
+    """
+    slice_seed = int(rng.integers(2**31))
+    hu = ct_slice(slice_seed, PHANTOM_SIZE)
+    if not with_lesion:
+        return hu, 0
+    _, hu, tries = _visible_lesion(rng, slice_seed, hu)
+    return hu, tries
+
+
 def make_split(name: str, n: int | None = None, seed: int = 0) -> Split:
     """Generate split ``name`` ("train", "calibration" or "test") of ``n`` samples."""
     from worker.imaging import FEATURE_NAMES, analyze_frame
@@ -81,13 +96,11 @@ def make_split(name: str, n: int | None = None, seed: int = 0) -> Split:
     labels = np.zeros(n, np.int8)
     redraws = 0
     for i in range(n):
+        # Alternate labels: balanced classes, each spread evenly over the seed stream.
+        labels[i] = i % 2
         rng = np.random.default_rng(np.random.SeedSequence([seed, code, i]))
-        slice_seed = int(rng.integers(2**31))
-        hu = ct_slice(slice_seed, PHANTOM_SIZE)
-        if i % 2 == 1:  # alternate: balanced classes, and each class spread over the stream
-            _, hu, tries = _visible_lesion(rng, slice_seed, hu)
-            redraws += tries
-            labels[i] = 1
+        hu, tries = sample_slice(rng, with_lesion=bool(labels[i]))
+        redraws += tries
         analysis = analyze_frame(hu, "CT")
         images[i] = cnn_input(analysis.windowed)
         features[i] = analysis.features

@@ -74,8 +74,11 @@ def cnn_to_onnx(params: Params) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "lesion_cnn",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT,
-                                       ["N", 1, IMAGE_SIZE, IMAGE_SIZE])],
+        [
+            helper.make_tensor_value_info(
+                "image", TensorProto.FLOAT, ["N", 1, IMAGE_SIZE, IMAGE_SIZE]
+            )
+        ],
         [
             helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N"]),
             helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N"]),

@@ -41,7 +41,10 @@ class SvmFit:
 
     def decision(self, features: np.ndarray) -> np.ndarray:
         """scikit-learn's float64 decision values: the reference the ONNX graph must match."""
-        return np.asarray(self.svc.decision_function(self.scaler.transform(features)))
+        # StandardScaler keeps float32 input in float32: cast first, or the reference itself
+        # carries ~1e-4 of rounding error.
+        x = self.scaler.transform(np.asarray(features, np.float64))
+        return np.asarray(self.svc.decision_function(x))
 
     def hyperparameters(self) -> dict[str, Any]:
         p = self.params
@@ -91,8 +94,10 @@ def fit_svm(
     gamma = float(1.0 / (x.shape[1] * x.var()))
     folds = StratifiedKFold(n_splits=3, shuffle=False)  # no shuffling: nothing random
     cv_auc = {
-        f"{c:g}": round(float(cross_val_score(SVC(C=c, gamma=gamma), x, y, cv=folds,
-                                              scoring="roc_auc").mean()), 4)
+        f"{c:g}": round(
+            float(cross_val_score(SVC(C=c, gamma=gamma), x, y, cv=folds, scoring="roc_auc").mean()),
+            4,
+        )
         for c in C_GRID
     }
     # Highest CV AUC; on a tie the smaller C (the smoother boundary) wins.

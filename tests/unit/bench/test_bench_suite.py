@@ -1,0 +1,225 @@
+"""The benchmark suite's pure parts: statistics, pacing, workload, reports, the naive worker.
+
+Nothing here times anything or needs a broker: the measured phases are exercised by
+``scanstream bench`` itself. Reports are rendered from a fabricated result dict.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from worker.bench.e2e import pacing_schedule
+from worker.bench.naive import handle
+from worker.bench.report import (
+    latency_summary,
+    percentile,
+    render_markdown,
+    stage_means,
+    write_reports,
+)
+from worker.bench.suite import build_workload, describe_workload, run_bench
+from worker.dicom import decode
+from worker.inference import ModelSet
+from worker.phantoms import ct_slice, encode_ct
+from worker.settings import Settings
+
+
+@pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 95, 99, 100])
+def test_percentile_matches_numpy_linear(q: float) -> None:
+    rng = random.Random(3)
+    values = [rng.expovariate(0.1) for _ in range(137)]
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-12)
+
+
+def test_percentile_edges() -> None:
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0  # unsorted input
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match=r"\[0, 100\]"):
+        percentile([1.0], 101)
+
+
+def test_latency_summary_is_ordered() -> None:
+    values = [float(v) for v in range(1, 201)]
+    s = latency_summary(values)
+    assert s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"] <= s["max_ms"] == 200.0
+    assert s["mean_ms"] == pytest.approx(100.5)
+    assert latency_summary([]) == {}
+
+
+def test_stage_means_diff_two_scrapes() -> None:
+    def scrape(decode: tuple[float, float], batch: tuple[float, float]) -> str:
+        return "\n".join(
+            [
+                "# HELP scanstream_stage_duration_seconds ...",
+                f'scanstream_stage_duration_seconds_sum{{stage="decode"}} {decode[0]}',
+                f'scanstream_stage_duration_seconds_count{{stage="decode"}} {decode[1]}',
+                'scanstream_stage_duration_seconds_sum{stage="fetch"} 0.0',
+                'scanstream_stage_duration_seconds_count{stage="fetch"} 0.0',
+                'scanstream_stage_duration_seconds_bucket{stage="decode",le="0.001"} 3.0',
+                f"scanstream_batch_size_sum {batch[0]}",
+                f"scanstream_batch_size_count {batch[1]}",
+            ]
+        )
+
+    before = scrape((0.010, 5.0), (5.0, 2.0))
+    after = scrape((0.050, 25.0), (25.0, 4.0))
+    assert stage_means(before, after) == {"decode_ms": 2.0, "batch_size": 10.0}
+    assert stage_means(after, after) == {}
+
+
+def test_pacing_schedule_is_evenly_spaced() -> None:
+    schedule = pacing_schedule(rate=20.0, count=101)
+    assert len(schedule) == 101 and schedule[0] == 0.0
+    assert schedule[-1] == pytest.approx(5.0)
+    gaps = np.diff(schedule)
+    assert np.allclose(gaps, 0.05)
+    assert pacing_schedule(5.0, 0) == []
+    with pytest.raises(ValueError):
+        pacing_schedule(0.0, 10)
+
+
+def test_workload_is_deterministic_and_decodable() -> None:
+    first = build_workload(phantoms=4, size=64)
+    second = build_workload(phantoms=4, size=64)
+    # Pixels and study keys are seeded (UIDs made by the encoders may differ per run).
+    for a, b in zip(first, second, strict=True):
+        da, db = decode(a.data), decode(b.data)
+        assert a.key == b.key
+        np.testing.assert_array_equal(da.frames, db.frames)
+    phantoms = [e for e in first if e.name.startswith("phantom-")]
+    assert [e.name.rsplit("-", 1)[1] for e in phantoms] == ["raw", "rle", "raw", "rle"]
+    assert any(e.name == "CT_small.dcm" for e in first)
+    for event in first:
+        assert len(decode(event.data).frames) == event.frames
+    info = describe_workload(first)
+    assert info["events_per_cycle"] == len(first) == len(info["names"])
+
+
+def _result() -> dict[str, Any]:
+    """A fabricated result of the shape bench_e2e returns (values are not measurements)."""
+    latency = [
+        {"load": load, "offered_img_s": 100 * load, "achieved_img_s": 99 * load, "events": 120,
+         "p50_ms": 10 + load, "p95_ms": 20 + load, "p99_ms": 30 + load * 40, "max_ms": 90.0,
+         "worker_p99_ms": 25.0, "compute_p50_ms": 6.5}
+        for load in (0.25, 0.5, 0.75)
+    ]  # fmt: skip
+    return {
+        "limit_img_s": 100.0,
+        "limit_all_cores_img_s": 150.0,
+        "limit_processes": 2,
+        "e2e_img_s": 95.0,
+        "ratio_to_limit": 0.95,
+        "e2e_2proc_img_s": 140.0,
+        "scaling_2_vs_1": 1.47,
+        "ratio_2proc_to_limit_all_cores": 0.93,
+        "naive_img_s": 40.0,
+        "ratio_to_naive": 2.375,
+        "p50_ms_at_50pct": 10.5,
+        "p99_ms_at_50pct": 50.5,
+        "provider": "CPUExecutionProvider",
+        "cores": 2,
+        "broker": "local",
+        "latency": latency,
+        "latency_definition": "arrival minus sent",
+        "command": "scanstream bench --stage all --results results",
+        "imaging": {"total_ms_per_slice": 4.2},
+        "inference": {"batch_1_ms": 0.3},
+    }
+
+
+def test_markdown_shows_throughput_latency_and_targets() -> None:
+    md = render_markdown(_result())
+    assert "| worker end to end, 1 process | 95.0 |" in md
+    assert "| 50% | 50.0 | 49.5 | 120 | 10.5 | 20.5 | 50.0 | 90.0 | 25.0 | 6.5 |" in md
+    assert "met (>= 0.9)" in md  # ratio to the limit
+    assert "not met (>= 3)" in md  # ratio to the naive worker
+    assert "p99 at 50% load: not met (<= 50)" in md
+    assert "## Imaging stage" in md and "total_ms_per_slice" in md
+    assert "`scanstream bench --stage all --results results`" in md
+
+
+def test_markdown_of_a_stage_result_has_no_e2e_tables() -> None:
+    md = render_markdown({"total_ms_per_slice": 4.2})
+    assert "Throughput" not in md and "Latency" not in md
+
+
+def test_write_reports_json_markdown_png(tmp_path: Path) -> None:
+    files = write_reports(_result(), tmp_path / "results", "bench")
+    assert set(files) == {"json", "markdown", "plot"}
+    doc = json.loads(Path(files["json"]).read_text())
+    assert doc["e2e_img_s"] == 95.0 and doc["files"] == files
+    assert Path(files["markdown"]).read_text().startswith("# ScanStream benchmark")
+    assert Path(files["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_stage_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown bench stage"):
+        run_bench("nope", tmp_path)
+
+
+# -- the naive worker's per-record step, against an in-memory producer -------------------------
+
+
+@dataclass
+class _Record:
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    topic: str = "events"
+    partition: int = 0
+    offset: int = 7
+    timestamp: int = 1_700_000_000_000
+    key: bytes | None = b"k"
+
+
+class _Future:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def get(self, timeout: float | None = None) -> None:
+        self.log.append("get")
+
+
+@dataclass
+class _Producer:
+    log: list[str] = field(default_factory=list)
+    sent: list[tuple[str, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
+
+    def send(self, topic: str, key: Any, value: bytes, headers: Any = None) -> _Future:
+        self.log.append("send")
+        self.sent.append((topic, value, headers or []))
+        return _Future(self.log)
+
+
+@pytest.fixture(scope="module")
+def models() -> ModelSet:
+    return ModelSet.load()
+
+
+def test_naive_waits_for_each_send(models: ModelSet) -> None:
+    settings = Settings(findings_topic="f", dlq_topic="d", alert_rules=())
+    producer = _Producer()
+    record = _Record(encode_ct(ct_slice(2, 64)), [("event-id", b"e-1")])
+    assert handle(record, settings, models, producer) is True
+    assert producer.log == ["send", "get"]  # synchronous: acknowledged before returning
+    topic, value, _ = producer.sent[0]
+    finding = json.loads(value)
+    assert topic == "f" and finding["event_id"] == "e-1"
+    assert finding["source"] == {"topic": "events", "partition": 0, "offset": 7}
+
+
+def test_naive_dead_letters_what_is_not_dicom(models: ModelSet) -> None:
+    settings = Settings(findings_topic="f", dlq_topic="d")
+    producer = _Producer()
+    assert handle(_Record(b"not a dicom file"), settings, models, producer) is False
+    topic, value, headers = producer.sent[0]
+    assert topic == "d" and value == b"not a dicom file"
+    assert any(k.endswith("reason") for k, _ in headers)

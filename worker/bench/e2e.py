@@ -1,0 +1,408 @@
+"""End-to-end phases against a real broker: saturation throughput and latency under paced load.
+
+Each phase gets topics and a consumer group of its own (uuid suffix), so that no phase sees
+another's events, and runs the worker under test as a separate OS process, as production does:
+``python -m worker.cli run --processes P`` (the real worker) or ``python -m worker.bench.naive``.
+This process publishes the events and reads the findings back (:class:`FindingReader`, a
+background thread that stamps each finding with its arrival time).
+
+Before measuring, :func:`warm_up` sends one event to every partition, round after round, until
+findings come back from as many distinct workers as there are processes: models are loaded,
+every process holds partitions and the group has settled, so no phase measures start-up.
+
+* Saturation (:func:`saturate`): ``n`` events are published as fast as the producer goes, and the
+  rate is frames answered / (arrival of the last finding - first send). Events are spread over
+  the partitions round-robin, so that two processes get equal shares.
+* Latency (:func:`paced`): open loop. Event ``i`` is sent at ``start + i / rate`` whatever the
+  worker does (:func:`pacing_schedule`); a late send is not skipped, so overload shows up as
+  latency instead of being hidden by a publisher that waits for answers. Latency is the
+  finding's arrival at the reader minus the event's send time, both from this process's clock:
+  it includes both produce hops, the broker and the reader's fetch. The worker's own
+  ``latency_ms`` (sent-at header, millisecond precision, to building the finding) is reported
+  next to it as ``worker_*``.
+
+A one-process real worker also serves ``/metrics``: its stage timings, scraped before and after
+each measurement, say where the time went (``worker_stage_means``).
+
+>>> pacing_schedule(rate=4.0, count=3)
+[0.0, 0.25, 0.5]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from worker.bench.report import latency_summary, stage_means
+from worker.broker import free_port
+from worker.contract import header
+from worker.errors import ScanStreamError
+from worker.runtime import kafka as kafka_clients
+from worker.runtime.publisher import event_headers
+from worker.settings import Settings
+
+#: Partitions of the bench topics: divisible by 1 and 2, so two processes get equal shares.
+PARTITIONS = 6
+
+
+class BenchError(ScanStreamError):
+    """A benchmark phase could not complete (no answer in time, a worker exited)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One workload event: the DICOM bytes, its partitioning key and its frame count."""
+
+    name: str
+    data: bytes
+    key: bytes | None
+    frames: int
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A finding (or dead letter) as the reader saw it."""
+
+    arrived: float  # time.time() when the reader's poll returned it
+    frames: int
+    worker_id: str
+    worker_latency_ms: float | None
+    compute_ms: float | None  # the finding's timings_ms summed: decode to building it
+    dead: bool = False
+
+
+def pacing_schedule(rate: float, count: int) -> list[float]:
+    """Send offsets (s from the start) of ``count`` events at ``rate`` per second."""
+    if rate <= 0 or count < 0:
+        raise ValueError(f"rate must be > 0 and count >= 0, got {rate}, {count}")
+    return [i / rate for i in range(count)]
+
+
+def phase_settings(base: Settings, bootstrap: str, tag: str) -> Settings:
+    """``base`` with topics, group and worker id of their own for one phase."""
+    run = f"{tag}-{uuid.uuid4().hex[:8]}"
+    settings = base.replace(
+        bootstrap_servers=bootstrap,
+        events_topic=f"bench.{run}.events",
+        findings_topic=f"bench.{run}.findings",
+        alerts_topic=f"bench.{run}.alerts",
+        dlq_topic=f"bench.{run}.dlq",
+        group_id=f"bench-{run}",
+        worker_id=f"bench-{run}",
+    )
+    kafka_clients.ensure_topics(bootstrap, settings, partitions=PARTITIONS)
+    return settings
+
+
+def delete_topics(bootstrap: str, settings: Settings) -> None:
+    """Best effort: a phase's topics hold hundreds of MB of events that nobody needs later."""
+    topics = [settings.events_topic, settings.findings_topic, settings.alerts_topic]
+    with contextlib.suppress(Exception):
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+        with contextlib.closing(admin):
+            admin.delete_topics([*topics, settings.dlq_topic])
+
+
+class FindingReader:
+    """Reads a phase's findings and dead letters from the beginning, in a background thread."""
+
+    def __init__(self, bootstrap: str, settings: Settings) -> None:
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,  # an answer should not sit at the broker: it is the latency
+            max_partition_fetch_bytes=settings.max_message_bytes + (1 << 20),
+        )
+        self._findings, self._dlq = settings.findings_topic, settings.dlq_topic
+        tps = [
+            TopicPartition(topic, p)
+            for topic in (self._findings, self._dlq)
+            for p in sorted(self._consumer.partitions_for_topic(topic) or {0})
+        ]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_beginning(*tps)
+        self._seen: dict[str, Arrival] = {}
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                batch = self._consumer.poll(timeout_ms=20)
+                now = time.time()
+                arrivals = [self._parse(r, now) for records in batch.values() for r in records]
+                if arrivals:
+                    with self._cond:
+                        self._seen.update(a for a in arrivals if a is not None)
+                        self._cond.notify_all()
+        finally:
+            self._consumer.close()
+
+    def _parse(self, record: Any, now: float) -> tuple[str, Arrival] | None:
+        if record.topic == self._dlq:
+            raw = header(record.headers or [], "event-id")
+            return None if raw is None else (raw.decode(), Arrival(now, 0, "", None, None, True))
+        doc = json.loads(record.value)
+        compute_ms = float(sum(doc["timings_ms"].values()))
+        found = Arrival(now, doc["frame_count"], doc["worker_id"], doc["latency_ms"], compute_ms)
+        return doc["event_id"], found
+
+    def wait_for(
+        self, ids: Sequence[str], timeout_s: float, check: Callable[[], None] | None = None
+    ) -> dict[str, Arrival]:
+        """The arrivals of ``ids``; raises :class:`BenchError` if any is missing at the timeout.
+
+        ``check`` runs every half second while waiting (it raises if the worker died, so that a
+        dead worker fails the phase at once instead of at the timeout).
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._cond:
+                missing = [i for i in ids if i not in self._seen]
+                if not missing:
+                    return {i: self._seen[i] for i in ids}
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    raise BenchError(
+                        f"{len(missing)}/{len(ids)} events unanswered after {timeout_s:.0f} s"
+                    )
+                self._cond.wait(min(left, 0.5))
+            if check is not None:
+                check()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class Publisher:
+    """Sends workload events with ``event-id`` and ``sent-at`` headers."""
+
+    def __init__(self, bootstrap: str, settings: Settings) -> None:
+        self.settings = settings
+        self._producer = kafka_clients.producer(bootstrap, settings)
+        parts = self._producer.partitions_for(settings.events_topic)
+        self.partitions = sorted(parts or range(PARTITIONS))
+        self._next = 0
+
+    def send(self, event: Event, partition: int | None = None) -> tuple[str, float]:
+        """Send one event (round-robin over partitions unless given); returns (id, sent-at)."""
+        if partition is None:
+            partition = self.partitions[self._next % len(self.partitions)]
+            self._next += 1
+        event_id = str(uuid.uuid4())
+        sent_at = time.time()
+        self._producer.send(
+            self.settings.events_topic,
+            key=event.key,
+            value=event.data,
+            partition=partition,
+            headers=event_headers(event_id, sent_at, "application/dicom"),
+        )
+        return event_id, sent_at
+
+    def flush(self) -> None:
+        self._producer.flush()
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+
+
+class WorkerProcess:
+    """The worker under test as a child process with the phase's settings in its environment."""
+
+    def __init__(self, settings: Settings, processes: int, naive: bool, log_path: Path) -> None:
+        names = ("events_topic", "findings_topic", "alerts_topic", "dlq_topic", "group_id")
+        env = {f"SCANSTREAM_{n.upper()}": str(getattr(settings, n)) for n in names}
+        env = {**os.environ, **env, "SCANSTREAM_WORKER_ID": settings.worker_id}
+        env["KAFKA_BOOTSTRAP_SERVERS"] = settings.bootstrap_servers or ""
+        # One process serves /metrics (its stage timings explain the figures); N would clash.
+        self.metrics_port = free_port() if processes == 1 and not naive else 0
+        env["SCANSTREAM_METRICS_PORT"] = str(self.metrics_port)
+        if naive:
+            cmd = [sys.executable, "-m", "worker.bench.naive"]
+        else:
+            cmd = [sys.executable, "-m", "worker.cli", "run", "--processes", str(processes)]
+        self.processes = processes
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self._proc = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    def check(self) -> None:
+        if self._proc.poll() is not None:
+            raise BenchError(f"the worker exited with {self._proc.returncode}: {self.log_tail()}")
+
+    def scrape(self) -> str:
+        """The worker's ``/metrics`` text, or "" when it serves none."""
+        if not self.metrics_port:
+            return ""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
+        return ""
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-1500:]
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """SIGTERM (the worker drains and leaves its group), SIGKILL if it does not exit."""
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase's publisher, reader and worker under test."""
+
+    pub: Publisher
+    reader: FindingReader
+    worker: WorkerProcess
+
+    def wait_for(self, ids: Sequence[str], timeout_s: float) -> dict[str, Arrival]:
+        try:
+            return self.reader.wait_for(ids, timeout_s, check=self.worker.check)
+        except BenchError as exc:
+            raise BenchError(f"{exc}; worker log: ...{self.worker.log_tail()}") from exc
+
+
+def warm_up(ph: Phase, event: Event, timeout_s: float) -> int:
+    """Rounds of one event per partition until every worker process answered; returns rounds."""
+    deadline = time.monotonic() + timeout_s
+    rounds = 0
+    while True:
+        ids = [ph.pub.send(event, partition=p)[0] for p in ph.pub.partitions]
+        ph.pub.flush()
+        got = ph.wait_for(ids, max(1.0, deadline - time.monotonic()))
+        rounds += 1
+        workers = len({a.worker_id for a in got.values()})
+        # Two rounds at least: the first answers may come from a group that is still forming.
+        if rounds >= 2 and workers >= ph.worker.processes:
+            return rounds
+        if time.monotonic() > deadline:
+            raise BenchError(f"warm-up: answers from {workers} of {ph.worker.processes} workers")
+
+
+@contextmanager
+def phase(
+    base: Settings,
+    bootstrap: str,
+    tag: str,
+    processes: int,
+    naive: bool,
+    warm_event: Event,
+    log_dir: Path,
+) -> Iterator[Phase]:
+    """Fresh topics and group, a reader, a publisher and a warmed-up worker; all torn down after."""
+    settings = phase_settings(base, bootstrap, tag)
+    reader = FindingReader(bootstrap, settings)
+    pub = Publisher(bootstrap, settings)
+    worker: WorkerProcess | None = None
+    try:
+        worker = WorkerProcess(settings, processes, naive, log_dir / f"{tag}.log")
+        ph = Phase(pub, reader, worker)
+        warm_up(ph, warm_event, timeout_s=180.0)
+        yield ph
+        worker.check()  # a worker that died mid-phase makes the phase's figures meaningless
+    finally:
+        if worker is not None:
+            worker.stop()
+        pub.close()
+        reader.close()
+        delete_topics(bootstrap, settings)
+
+
+def _stages(ph: Phase, before: str) -> dict[str, Any]:
+    after = ph.worker.scrape()
+    return {"worker_stage_means": stage_means(before, after)} if before and after else {}
+
+
+def _answered(arrivals: dict[str, Arrival]) -> dict[str, Any]:
+    return {
+        "answered": len(arrivals),
+        "dead_letters": sum(a.dead for a in arrivals.values()),
+        "frames": sum(a.frames for a in arrivals.values()),
+        "workers": len({a.worker_id for a in arrivals.values() if not a.dead}),
+    }
+
+
+def saturate(ph: Phase, events: Sequence[Event], n: int, timeout_s: float) -> dict[str, Any]:
+    """Publish ``n`` events back to back; frames answered per second until the last finding."""
+    before = ph.worker.scrape()
+    t0 = time.time()
+    ids = [ph.pub.send(events[i % len(events)])[0] for i in range(n)]
+    ph.pub.flush()
+    published = time.time() - t0
+    arrivals = ph.wait_for(ids, timeout_s)
+    seconds = max(a.arrived for a in arrivals.values()) - t0
+    out = _answered(arrivals)
+    return {
+        "events": n,
+        **out,
+        "seconds": round(seconds, 3),
+        "publish_s": round(published, 3),
+        "img_s": round(out["frames"] / seconds, 2),
+        **_stages(ph, before),
+    }
+
+
+def paced(
+    ph: Phase, events: Sequence[Event], rate: float, n: int, timeout_s: float
+) -> dict[str, Any]:
+    """Open-loop load at ``rate`` events/s: answer counts, rates and latency percentiles.
+
+    ``p*_ms`` are reader-side latencies, ``worker_p*_ms`` the findings' own ``latency_ms`` and
+    ``compute_p*_ms`` the time the worker spent computing (decode to finding); the difference
+    between the first and the last is waiting: queues, batching, fetch and produce.
+    """
+    before = ph.worker.scrape()
+    sent: dict[str, float] = {}
+    start = time.monotonic() + 0.01
+    for i, offset in enumerate(pacing_schedule(rate, n)):
+        delay = start + offset - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        event_id, sent_at = ph.pub.send(events[i % len(events)])
+        sent[event_id] = sent_at
+    ph.pub.flush()
+    span = max(sent.values()) - min(sent.values())
+    arrivals = ph.wait_for(list(sent), timeout_s)
+    ok = {i: a for i, a in arrivals.items() if not a.dead}
+    frames_per_event = sum(a.frames for a in ok.values()) / max(1, len(ok))
+    row: dict[str, Any] = {
+        "events": n,
+        **_answered(arrivals),
+        "offered_img_s": round(rate * frames_per_event, 2),
+        "achieved_img_s": round((n - 1) / span * frames_per_event, 2) if span > 0 else None,
+        **latency_summary([(a.arrived - sent[i]) * 1e3 for i, a in ok.items()]),
+    }
+    for prefix, values in (
+        ("worker", [a.worker_latency_ms for a in ok.values()]),
+        ("compute", [a.compute_ms for a in ok.values()]),
+    ):
+        summary = latency_summary([v for v in values if v is not None])
+        row.update({f"{prefix}_{k}": v for k, v in summary.items() if k != "mean_ms"})
+    return {**row, **_stages(ph, before)}

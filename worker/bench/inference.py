@@ -1,0 +1,88 @@
+"""Images per second of the CNN and the SVM at batch sizes 1, 8 and 32, and of the micro-batcher.
+
+The workload is real: :func:`worker.phantoms.ct_slice` phantoms (half with a lesion) analysed by
+:func:`worker.imaging.analyze_frame`, giving the CNN's 64x64 inputs and the SVM's feature
+vectors. Each case runs once to warm up (onnxruntime allocates lazily), then repeatedly for at
+least ``min_seconds``; the rate is frames / elapsed wall time of the model call alone. The
+provider reported is the one the sessions really use (``ModelSet.provider``).
+
+``batcher_*`` submits ``4 * max_batch`` frames at once through :class:`MicroBatcher` with the
+worker's default limits (16 frames, 5 ms) and runs both models: the rate a busy worker gets.
+
+>>> r = bench_inference(batch_sizes=(1, 2), min_seconds=0.01)
+>>> sorted(k for k in r if k.startswith("cnn_img_s"))
+['cnn_img_s_b1', 'cnn_img_s_b2']
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker.imaging import analyze_frame
+from worker.inference import MicroBatcher, ModelSet, cnn_input
+from worker.phantoms import ct_slice, random_lesion
+
+
+def _workload(n: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    images, features = [], []
+    for i in range(n):
+        lesion = random_lesion(rng, size) if i % 2 else None
+        analysis = analyze_frame(ct_slice(i, size, lesion=lesion), "CT")
+        images.append(cnn_input(analysis.windowed))
+        features.append(analysis.features)
+    return np.stack(images), np.stack(features).astype(np.float32)
+
+
+def _rate(run: Callable[[], object], frames: int, min_seconds: float) -> float:
+    run()  # warm-up
+    calls, start = 0, time.perf_counter()
+    while True:
+        run()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds and calls >= 3:
+            return calls * frames / elapsed
+
+
+def bench_inference(
+    models_dir: Path | None = None,
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    min_seconds: float = 1.0,
+    max_batch: int = 16,
+    max_delay_ms: float = 5.0,
+) -> dict[str, Any]:
+    """Frames per second per model and batch size, the micro-batcher's rate, the provider."""
+    models = ModelSet.load(models_dir)
+    images, features = _workload(max(batch_sizes))
+    out: dict[str, Any] = {"provider": models.provider, "provider_note": models.provider_note}
+    for b in batch_sizes:
+        cnn = partial(models.run_cnn, images[:b])
+        svm = partial(models.run_svm, features[:b])
+        out[f"cnn_img_s_b{b}"] = round(_rate(cnn, b, min_seconds), 1)
+        out[f"svm_img_s_b{b}"] = round(_rate(svm, b, min_seconds), 1)
+    n = 4 * max_batch
+    sizes: list[int] = []
+    with MicroBatcher(
+        models, max_batch, max_delay_ms, on_batch=lambda size, _t: sizes.append(size)
+    ) as batcher:
+
+        def burst() -> None:
+            futures = [
+                batcher.submit(images[i % len(images)], features[i % len(images)]) for i in range(n)
+            ]
+            for future in futures:
+                future.result()
+
+        out["batcher_img_s"] = round(_rate(burst, n, min_seconds), 1)
+    out["batcher_max_batch"] = max_batch
+    out["batcher_max_delay_ms"] = max_delay_ms
+    out["batcher_mean_batch"] = round(sum(sizes) / len(sizes), 2)
+    out["models"] = ", ".join(f"{i['name']} {i['version']}" for i in models.model_infos())
+    return out

@@ -1,0 +1,104 @@
+"""The benchmark's baseline: a Kafka worker as it is commonly first written.
+
+One record per poll, processed with the very same pipeline functions as the real worker
+(:func:`~worker.pipeline.prepare`, :meth:`~worker.inference.ModelSet.predict`,
+:func:`~worker.pipeline.build_finding`, :func:`~worker.pipeline.build_alerts`), each output sent
+with ``producer.send(...).get()`` (one broker round trip per message), then a synchronous commit
+per record: no micro-batching of inference, no pipelining of produce, no batched commits. It
+uses the project's client factories (``acks=all``, idempotent producer, manual commits), so the
+only difference from :mod:`worker.runtime.loop` is the shape of the loop, and it gives the same
+at-least-once guarantee. Dead letters carry the same headers as the real worker's.
+
+Run it as ``python -m worker.bench.naive`` with the same environment as ``scanstream run``;
+SIGTERM or SIGINT stops it after the current record.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from worker.contract import dead_letter_headers, parse_event
+from worker.errors import Rejection
+from worker.inference import ModelSet
+from worker.pipeline import build_alerts, build_finding, prepare
+from worker.runtime import kafka as kafka_clients
+from worker.settings import Settings
+
+_JSON = [("content-type", b"application/json")]
+
+
+def handle(record: Any, settings: Settings, models: ModelSet, producer: Any) -> bool:
+    """Process one record and wait for its outputs to be acknowledged; True for a finding."""
+    default_id = f"{record.topic}-{record.partition}-{record.offset}"
+    headers = record.headers or []
+    try:
+        event = parse_event(record.value, headers, default_id, record.timestamp / 1e3)
+        prepared = prepare(event, settings)
+        predictions, timings = models.predict(prepared.cnn_inputs, prepared.features)
+        source = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        finding = build_finding(prepared, predictions, timings, models, settings, source)
+    except Rejection as exc:
+        where = (record.topic, record.partition, record.offset)
+        dlq = dead_letter_headers(headers, exc.reason, exc.detail, *where, time.time())
+        producer.send(settings.dlq_topic, key=record.key, value=record.value, headers=dlq).get(
+            timeout=settings.grace_period_s
+        )
+        return False
+    value = json.dumps(finding).encode()
+    producer.send(settings.findings_topic, key=record.key, value=value, headers=_JSON).get(
+        timeout=settings.grace_period_s
+    )
+    for alert in build_alerts(finding, settings):
+        producer.send(
+            settings.alerts_topic, key=record.key, value=json.dumps(alert).encode(), headers=_JSON
+        ).get(timeout=settings.grace_period_s)
+    return True
+
+
+def run_naive(settings: Settings, bootstrap: str, stop: threading.Event) -> int:
+    """Consume until ``stop`` is set; returns the number of records handled."""
+    models = ModelSet.load(
+        Path(settings.models_dir) if settings.models_dir else None, settings.require_gpu
+    )
+    consumer = kafka_clients.consumer(bootstrap, settings, topics=[settings.events_topic])
+    producer = kafka_clients.producer(bootstrap, settings)
+    handled = 0
+    try:
+        while not stop.is_set():
+            batch = consumer.poll(timeout_ms=settings.poll_timeout_ms, max_records=1)
+            for records in batch.values():
+                for record in records:
+                    handle(record, settings, models, producer)
+                    consumer.commit()  # synchronous: one more round trip per record
+                    handled += 1
+    finally:
+        consumer.close()
+        producer.close(timeout=settings.grace_period_s)
+    return handled
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    bootstrap, _ = kafka_clients.resolve_bootstrap(settings, start_local=False)
+    kafka_clients.ensure_topics(bootstrap, settings)
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    handled = run_naive(settings, bootstrap, stop)
+    print(json.dumps({"naive_handled": handled}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Benchmark results as files: percentiles, a JSON document, a Markdown table and a latency plot.
+
+Pure functions of a result dict (see :func:`worker.bench.suite.run_bench` for its keys), so that
+they can be tested without a broker. Percentiles interpolate linearly between order statistics,
+as ``numpy.percentile``'s default does.
+
+>>> percentile([10.0, 20.0, 30.0, 40.0], 50)
+25.0
+>>> latency_summary([1.0, 2.0, 3.0])["p99_ms"]
+2.98
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+#: Targets of issue 8: measured and reported, never asserted.
+TARGETS: Final = {"ratio_to_limit": 0.9, "ratio_to_naive": 3.0, "p99_ms_at_50pct": 50.0}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values``, by linear interpolation.
+
+    >>> percentile([5.0], 99)
+    5.0
+    """
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"q must lie in [0, 100], got {q}")
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float]:
+    """p50, p95, p99, mean and max of a latency sample (ms), rounded to 0.01 ms."""
+    if not latencies_ms:
+        return {}
+    return {
+        "p50_ms": round(percentile(latencies_ms, 50), 2),
+        "p95_ms": round(percentile(latencies_ms, 95), 2),
+        "p99_ms": round(percentile(latencies_ms, 99), 2),
+        "mean_ms": round(sum(latencies_ms) / len(latencies_ms), 2),
+        "max_ms": round(max(latencies_ms), 2),
+    }
+
+
+_SAMPLE = re.compile(
+    r'^scanstream_(stage_duration_seconds|batch_size)_(sum|count)(?:\{stage="(\w+)"\})? (\S+)$'
+)
+
+
+def _samples(text: str) -> dict[tuple[str, str, str], float]:
+    out = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m:
+            out[(m.group(1), m.group(3) or "", m.group(2))] = float(m.group(4))
+    return out
+
+
+def stage_means(before: str, after: str) -> dict[str, float]:
+    """Mean ms per observation of each worker stage between two ``/metrics`` scrapes, and the
+    mean polled batch size (``batch_size``). Stages without observations are left out.
+
+    >>> line = 'scanstream_stage_duration_seconds_{}{{stage="commit"}} {}'.format
+    >>> a = line("sum", 0.5) + "\\n" + line("count", 10.0)
+    >>> b = line("sum", 0.56) + "\\n" + line("count", 30.0)
+    >>> stage_means(a, b)
+    {'commit_ms': 3.0}
+    """
+    old, new = _samples(before), _samples(after)
+    out = {}
+    for (name, stage, kind), total in sorted(new.items()):
+        if kind != "sum":
+            continue
+        count = new.get((name, stage, "count"), 0.0) - old.get((name, stage, "count"), 0.0)
+        if count > 0:
+            mean = (total - old.get((name, stage, "sum"), 0.0)) / count
+            key = "batch_size" if name == "batch_size" else f"{stage}_ms"
+            out[key] = round(mean if name == "batch_size" else mean * 1e3, 3)
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _target_cell(result: Mapping[str, Any], key: str) -> str:
+    value, target = result.get(key), TARGETS[key]
+    if not isinstance(value, int | float):
+        return "n/a"
+    # Ratios are "at least" targets, the latency an "at most" one.
+    met = value <= target if key.endswith("_ms_at_50pct") else value >= target
+    return f"{'met' if met else 'not met'} ({'<=' if key.endswith('pct') else '>='} {target:g})"
+
+
+def render_markdown(result: Mapping[str, Any]) -> str:
+    """The result as Markdown: throughput, latency against load, and any nested stage dicts."""
+    out = ["# ScanStream benchmark", ""]
+    out.append(
+        f"Provider: `{result.get('provider', '?')}`; cores: {result.get('cores', '?')}; "
+        f"broker: {result.get('broker', '?')}; wall time: {_fmt(result.get('wall_s'))} s."
+    )
+    out += ["", f"Reproduce: `{result.get('command', 'scanstream bench')}`", ""]
+    if "limit_img_s" in result:
+        out += ["## Throughput (images/s)", ""]
+        rows = [
+            ["compute limit, 1 process (no Kafka)", result.get("limit_img_s"), ""],
+            [
+                f"compute limit, {result.get('limit_processes', '?')} processes (no Kafka)",
+                result.get("limit_all_cores_img_s"),
+                "",
+            ],
+            [
+                "worker end to end, 1 process",
+                result.get("e2e_img_s"),
+                f"{_fmt(result.get('ratio_to_limit'))} of limit: "
+                + _target_cell(result, "ratio_to_limit"),
+            ],
+            [
+                "worker end to end, 2 processes",
+                result.get("e2e_2proc_img_s"),
+                f"{_fmt(result.get('scaling_2_vs_1'))}x one process; "
+                f"{_fmt(result.get('ratio_2proc_to_limit_all_cores'))} of the all-core limit",
+            ],
+            [
+                "naive worker, 1 process",
+                result.get("naive_img_s"),
+                f"worker is {_fmt(result.get('ratio_to_naive'))}x naive: "
+                + _target_cell(result, "ratio_to_naive"),
+            ],
+        ]
+        out += [*_table(["measurement", "img/s", "note"], rows), ""]
+    latency = result.get("latency") or []
+    if latency:
+        out += ["## Latency against offered load (1 worker process)", ""]
+        out += [str(result.get("latency_definition", "")), ""]
+        rows = [
+            [
+                f"{100 * row['load']:.0f}%",
+                row.get("offered_img_s"),
+                row.get("achieved_img_s"),
+                row.get("events"),
+                row.get("p50_ms"),
+                row.get("p95_ms"),
+                row.get("p99_ms"),
+                row.get("max_ms"),
+                row.get("worker_p99_ms"),
+                row.get("compute_p50_ms"),
+            ]
+            for row in latency
+        ]
+        header = ["load", "offered img/s", "sent img/s", "events", "p50 ms", "p95 ms", "p99 ms"]
+        header += ["max ms", "worker p99 ms", "compute p50 ms"]
+        out += [*_table(header, rows), ""]
+        out += [f"p99 at 50% load: {_target_cell(result, 'p99_ms_at_50pct')}.", ""]
+    for stage in ("imaging", "inference"):
+        nested = result.get(stage)
+        if isinstance(nested, Mapping):
+            out += [f"## {stage.capitalize()} stage", ""]
+            out += [*_table(["metric", "value"], [[k, v] for k, v in nested.items()]), ""]
+    return "\n".join(out)
+
+
+def plot_latency(result: Mapping[str, Any], path: Path) -> None:
+    """PNG of p50/p95/p99 latency against offered load, with the 50 ms target line."""
+    # The object API with an explicit Agg canvas: no pyplot global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = list(result.get("latency") or [])
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    loads = [100 * row["load"] for row in rows]
+    for key, style in (("p50_ms", "o-"), ("p95_ms", "s--"), ("p99_ms", "^-")):
+        ax.plot(loads, [row.get(key, float("nan")) for row in rows], style, label=key[:3])
+    ax.axhline(TARGETS["p99_ms_at_50pct"], color="grey", linestyle=":", label="50 ms target")
+    ax.set_xlabel("offered load (% of one worker's saturation throughput)")
+    ax.set_ylabel("end-to-end latency (ms)")
+    sat = result.get("e2e_img_s")
+    ax.set_title(f"ScanStream latency (saturation {_fmt(sat)} img/s, {result.get('provider')})")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def write_reports(result: Mapping[str, Any], results_dir: Path, name: str) -> dict[str, str]:
+    """Write ``<name>.json``, ``<name>.md`` and, with latency rows, ``<name>-latency.png``."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    files = {"json": str(results_dir / f"{name}.json"), "markdown": str(results_dir / f"{name}.md")}
+    if result.get("latency"):
+        files["plot"] = str(results_dir / f"{name}-latency.png")
+        plot_latency(result, Path(files["plot"]))
+    Path(files["markdown"]).write_text(render_markdown(result) + "\n")
+    Path(files["json"]).write_text(json.dumps({**result, "files": files}, indent=2) + "\n")
+    return files

@@ -1,0 +1,281 @@
+"""``scanstream bench``: the workload, the compute limit, and the whole suite in one run.
+
+Workload (:func:`build_workload`): 512x512 16-bit CT-like phantoms (:mod:`worker.phantoms`,
+deterministic seeds, every fourth with a lesion), half Explicit VR Little Endian and half RLE
+Lossless, plus the single-frame pydicom samples of :data:`SAMPLES` that this build decodes.
+
+Compute limit (:func:`compute_limit`): the same pipeline with no Kafka at all (``prepare`` +
+``ModelSet.predict`` + ``build_finding``, one event at a time) in fresh ``spawn`` processes with
+default threading, as the worker runs: once with one process and once with one per core, all
+processes started together behind a barrier. Images per second = frames / wall time.
+
+End to end (:mod:`worker.bench.e2e`): one worker process at saturation, two processes at
+saturation, the naive worker (:mod:`worker.bench.naive`) at saturation, then latency at 25%, 50%
+and 75% of the one-process saturation rate, each phase on topics of its own, against the broker
+named by ``KAFKA_BOOTSTRAP_SERVERS`` or a local one started (and stopped) for the run. Phase sizes
+derive from the measured compute limit so that the suite takes a few minutes on two cores.
+
+Stages: ``imaging`` and ``inference`` run :mod:`worker.bench.imaging` and
+:mod:`worker.bench.inference` alone; ``e2e`` the above; ``all`` everything, with the end-to-end
+keys at the top level and the two stage results under ``"imaging"`` and ``"inference"``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+from worker import broker
+from worker.bench import e2e
+from worker.bench.e2e import BenchError, Event
+from worker.bench.report import write_reports
+from worker.contract import ScanEvent
+from worker.dicom import decode
+from worker.errors import ScanStreamError
+from worker.phantoms import ct_slice, encode_ct, random_lesion
+from worker.runtime.publisher import study_key
+from worker.settings import Settings
+
+#: Real single-frame samples across transfer syntaxes (those that do not decode are left out).
+SAMPLES: Final = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_bigendian.dcm",
+)
+LOADS: Final = (0.25, 0.5, 0.75)
+LATENCY_DEFINITION: Final = (
+    "Latency = arrival of the finding at a reader in the benchmark process minus the event's "
+    "send time (same clock): both produce hops, the broker and the reader's fetch included. "
+    "'worker p99' is the finding's own latency_ms (sent-at header, ms precision, to building "
+    "the finding); 'compute p50' is the finding's timings_ms summed (decode to finding)."
+)
+_TIMEOUT_S: Final = 180.0  # bound on every wait of a phase
+
+
+def _say(message: str) -> None:
+    # Progress goes to stderr: stdout's last line is the result.
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def build_workload(phantoms: int = 16, size: int = 512) -> list[Event]:
+    """The deterministic event cycle: phantoms (raw and RLE) then the decodable samples."""
+    events = []
+    for i in range(phantoms):
+        lesion = random_lesion(np.random.default_rng(i), size) if i % 4 == 3 else None
+        syntax = ExplicitVRLittleEndian if i % 2 == 0 else RLELossless
+        hu = ct_slice(1000 + i, size, lesion)
+        data = encode_ct(hu, study=f"bench-{i}", instance=i + 1, transfer_syntax=syntax)
+        kind = "raw" if syntax == ExplicitVRLittleEndian else "rle"
+        events.append(Event(f"phantom-{i}-{kind}", data, study_key(data), 1))
+    base = Path(pydicom.__file__).parent / "data" / "test_files"  # never get_testdata_files()
+    for name in SAMPLES:
+        path = base / name
+        if not path.exists():
+            continue
+        data = path.read_bytes()
+        try:
+            frames = len(decode(data).frames)
+        except ScanStreamError:
+            continue
+        events.append(Event(name, data, study_key(data), frames))
+    return events
+
+
+def describe_workload(events: Sequence[Event]) -> dict[str, Any]:
+    return {
+        "events_per_cycle": len(events),
+        "frames_per_cycle": sum(e.frames for e in events),
+        "mean_event_bytes": round(sum(len(e.data) for e in events) / len(events)),
+        "names": [e.name for e in events],
+    }
+
+
+def _limit_child(
+    datas: list[bytes], settings: Settings, seconds: float, barrier: Any, out: Any
+) -> None:
+    """One compute-limit process: warm up, wait for the others, run the pipeline ``seconds``."""
+    from worker.inference import ModelSet
+    from worker.pipeline import build_finding, prepare
+
+    models = ModelSet.load(
+        Path(settings.models_dir) if settings.models_dir else None, settings.require_gpu
+    )
+
+    def one(data: bytes) -> int:
+        prepared = prepare(ScanEvent("limit", time.time(), data=data), settings)
+        predictions, timings = models.predict(prepared.cnn_inputs, prepared.features)
+        build_finding(prepared, predictions, timings, models, settings)
+        return len(prepared.analyses)
+
+    for data in datas:  # warm-up: first-call allocations, ONNX Runtime's lazy initialisation
+        one(data)
+    barrier.wait(timeout=_TIMEOUT_S)
+    t0, frames, n = time.time(), 0, 0
+    while time.time() - t0 < seconds:
+        frames += one(datas[n % len(datas)])
+        n += 1
+    out.put((t0, time.time(), frames, n, models.provider, models.provider_note))
+
+
+def compute_limit(
+    events: Sequence[Event], settings: Settings, processes: int, seconds: float = 4.0
+) -> dict[str, Any]:
+    """Images per second of the bare pipeline in ``processes`` concurrent spawn processes."""
+    ctx = mp.get_context("spawn")  # a fresh interpreter each, as `scanstream run` has
+    barrier, out = ctx.Barrier(processes), ctx.Queue()
+    datas = [e.data for e in events]
+    children = [
+        ctx.Process(target=_limit_child, args=(datas, settings, seconds, barrier, out))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    try:
+        results = [out.get(timeout=_TIMEOUT_S + seconds) for _ in children]
+    except queue.Empty as exc:
+        codes = [c.exitcode for c in children]
+        raise BenchError(f"a compute-limit process did not report (exit codes {codes})") from exc
+    finally:
+        for child in children:
+            child.join(timeout=30)
+            if child.is_alive():
+                child.kill()
+    start, end = min(r[0] for r in results), max(r[1] for r in results)
+    frames = sum(r[2] for r in results)
+    return {
+        "processes": processes,
+        "img_s": round(frames / (end - start), 2),
+        "per_process_img_s": [round(r[2] / (r[1] - r[0]), 2) for r in results],
+        "events": sum(r[3] for r in results),
+        "provider": results[0][4],
+        "provider_note": results[0][5],
+    }
+
+
+@contextmanager
+def _kafka(settings: Settings, tmp: Path) -> Iterator[tuple[str, str]]:
+    """(bootstrap, description): the configured broker, or a local one for this run only."""
+    if settings.bootstrap_servers:
+        yield settings.bootstrap_servers, f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers}"
+        return
+    state = tmp / "broker"
+    info, _ = broker.start(state_dir=state)
+    try:
+        yield info.bootstrap, f"local Apache Kafka {info.version} (started for this run)"
+    finally:
+        broker.stop(state_dir=state)
+
+
+def _clamp(value: float, low: int, high: int) -> int:
+    return int(min(high, max(low, round(value))))
+
+
+def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
+    """Compute limit, saturation (1 and 2 processes, naive) and latency against load."""
+    events = build_workload()
+    _say(f"workload: {len(events)} events per cycle; compute limit, 1 process ...")
+    limit1 = compute_limit(events, settings, 1)
+    _say(f"limit 1 process: {limit1['img_s']} img/s; {cores} processes ...")
+    limit_n = compute_limit(events, settings, cores)
+    _say(f"limit {cores} processes: {limit_n['img_s']} img/s")
+    rate = float(limit1["img_s"])
+    n_sat, n_naive = _clamp(6 * rate, 300, 1200), _clamp(3 * rate, 150, 600)
+    phases: dict[str, Any] = {}
+    latency: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="scanstream-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        with _kafka(settings, tmp) as (bootstrap, where):
+            _say(f"broker: {where}")
+            for tag, processes, naive, n in (
+                ("worker1", 1, False, n_sat),
+                ("worker2", 2, False, n_sat),
+                ("naive", 1, True, n_naive),
+            ):
+                with e2e.phase(settings, bootstrap, tag, processes, naive, events[0], tmp) as ph:
+                    phases[tag] = e2e.saturate(ph, events, n, _TIMEOUT_S)
+                _say(f"{tag}: {phases[tag]['img_s']} img/s over {n} events")
+            saturation = float(phases["worker1"]["img_s"])
+            for load in LOADS:
+                rate = load * saturation
+                tag = f"load{int(load * 100)}"
+                with e2e.phase(settings, bootstrap, tag, 1, False, events[0], tmp) as ph:
+                    row = {
+                        "load": load,
+                        **e2e.paced(ph, events, rate, _clamp(15 * rate, 150, 900), _TIMEOUT_S),
+                    }
+                latency.append(row)
+                _say(f"load {load:.0%}: p50 {row.get('p50_ms')} ms, p99 {row.get('p99_ms')} ms")
+    e2e1, e2e2 = phases["worker1"]["img_s"], phases["worker2"]["img_s"]
+    naive = phases["naive"]["img_s"]
+    half = next(row for row in latency if row["load"] == 0.5)
+    return {
+        "limit_img_s": limit1["img_s"],
+        "e2e_img_s": e2e1,
+        "ratio_to_limit": round(e2e1 / limit1["img_s"], 3),
+        "naive_img_s": naive,
+        "ratio_to_naive": round(e2e1 / naive, 3),
+        "p50_ms_at_50pct": half.get("p50_ms"),
+        "p95_ms_at_50pct": half.get("p95_ms"),
+        "p99_ms_at_50pct": half.get("p99_ms"),
+        "limit_all_cores_img_s": limit_n["img_s"],
+        "limit_processes": cores,
+        "e2e_2proc_img_s": e2e2,
+        "scaling_2_vs_1": round(e2e2 / e2e1, 3),
+        "ratio_2proc_to_limit_all_cores": round(e2e2 / limit_n["img_s"], 3),
+        "provider": limit1["provider"],
+        "provider_note": limit1["provider_note"],
+        "cores": cores,
+        "broker": where,
+        "latency": latency,
+        "latency_definition": LATENCY_DEFINITION,
+        "phases": phases,
+        "limits": {"one_process": limit1, "all_cores": limit_n},
+        "workload": describe_workload(events),
+    }
+
+
+def run_bench(stage: str, results_dir: Path) -> dict[str, Any]:
+    """Run ``stage`` (all, imaging, inference, e2e), write the reports, return the result."""
+    started = time.monotonic()
+    command = f"scanstream bench --stage {stage} --results {results_dir}"
+    if stage == "imaging":
+        from worker.bench.imaging import bench_imaging
+
+        stage_result: dict[str, Any] = dict(bench_imaging())
+    elif stage == "inference":
+        from worker.bench.inference import bench_inference
+
+        stage_result = dict(bench_inference())
+    elif stage in ("e2e", "all"):
+        stage_result = {}
+    else:
+        raise ValueError(f"unknown bench stage {stage!r}: use all, imaging, inference or e2e")
+    if stage_result:
+        write_reports({**stage_result, "command": command}, results_dir, stage)
+        return stage_result
+    nested: dict[str, Any] = {}
+    if stage == "all":
+        for name in ("imaging", "inference"):
+            _say(f"stage {name} ...")
+            nested[name] = run_bench(name, results_dir)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    result = bench_e2e(Settings.from_env(), cores or 1)
+    result.update(nested)
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    result["command"] = command
+    result["files"] = write_reports(result, results_dir, "bench")
+    return result
