@@ -54,9 +54,11 @@ def pydicom_test_files() -> Path:
 def demo_events() -> list[tuple[str, bytes]]:
     base = pydicom_test_files()
     events = [(name, (base / name).read_bytes()) for name in SAMPLES if (base / name).exists()]
-    events.append(("phantom-normal", encode_ct(ct_slice(7, 256), study="demo", instance=1)))
-    lesion = Lesion(row=120, col=100, radius=14, contrast_hu=180)
-    events.append(("phantom-lesion", encode_ct(ct_slice(8, 256, lesion), study="demo", instance=2)))
+    # 128x128, the size the demonstration models were trained at; the lesion sits in the
+    # mediastinum, where the soft-tissue window shows it.
+    events.append(("phantom-normal", encode_ct(ct_slice(7, 128), study="demo", instance=1)))
+    lesion = Lesion(row=60, col=64, radius=6, contrast_hu=150)
+    events.append(("phantom-lesion", encode_ct(ct_slice(8, 128, lesion), study="demo", instance=2)))
     return events
 
 
@@ -104,7 +106,7 @@ def _publish_and_watch(
 
     tps = [
         TopicPartition(t, p)
-        for t in (settings.findings_topic, settings.dlq_topic)
+        for t in (settings.findings_topic, settings.dlq_topic, settings.alerts_topic)
         for p in (watcher.partitions_for_topic(t) or {0})
     ]
     watcher.assign(tps)
@@ -131,11 +133,29 @@ def _publish_and_watch(
         f"{'provider':<10} {'latency':>9}"
     )
     findings = 0
+    alerts: list[str] = []
+    names = dict(pending)
     while pending and time.monotonic() < deadline:
         for tp, records in watcher.poll(timeout_ms=200).items():
             for record in records:
-                findings += _show(record, tp.topic == settings.dlq_topic, pending)
+                if tp.topic == settings.alerts_topic:
+                    alert = json.loads(record.value)
+                    alerts.append(
+                        f"ALERT {alert['severity']}: {alert['label']} "
+                        f"p={alert['probability']:.2f} by {alert['model']} on "
+                        f"{names.get(alert['event_id'], alert['event_id'])}"
+                    )
+                else:
+                    findings += _show(record, tp.topic == settings.dlq_topic, pending)
     watcher.close()
+    if alerts:
+        print(
+            "\nThe models are demonstration models trained on synthetic CT phantoms, not "
+            "clinically validated;\ntheir scores on the real samples (other modalities, other "
+            "anatomy) carry no meaning."
+        )
+    for line in alerts:
+        print(line)
     elapsed = time.monotonic() - t_start
     print(
         f"\n{total - len(pending)}/{total} events answered: {findings} findings, "
@@ -159,7 +179,8 @@ def _show(record: object, dead: bool, pending: dict[str, str]) -> int:
     name = pending.pop(finding["event_id"], None)
     if name is None:
         return 0
-    probs = {c["model"]: c["probability"] for c in finding["classifications"]}
+    # Shipped model names end in -cnn / -svm; a user's own models may not, hence the fallback.
+    probs = {c["model"].rsplit("-", 1)[-1]: c["probability"] for c in finding["classifications"]}
     provider = finding["models"][0]["execution_provider"] if finding["models"] else "-"
     provider = provider.replace("ExecutionProvider", "")
     print(

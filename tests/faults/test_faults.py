@@ -133,6 +133,10 @@ def tally(settings: Settings, sent: list[str], wait_s: float = 120.0) -> dict[st
     return counts
 
 
+def at_fault(settings: Settings, sent: list[str]) -> None:
+    print(f"fault injected with {produced(settings)} of {len(sent)} findings produced")
+
+
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -152,6 +156,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
     sent = publish(isolated_settings)
     first = spawn(isolated_settings, logs / "w1.log")
     wait_for(lambda: produced(isolated_settings) >= 30, 90, "the first findings")
+    at_fault(isolated_settings, sent)
     first.kill()  # SIGKILL: no drain, no commit, no goodbye to the group
     first.wait()
     second = spawn(isolated_settings, logs / "w2.log", "--drain")
@@ -178,6 +183,7 @@ def test_broker_restart_mid_stream_recovers_without_help(tmp_path: Path, logs: P
         worker = spawn(settings, logs / "w.log")
         try:
             wait_for(lambda: produced(settings) >= 30, 90, "the first findings")
+            at_fault(settings, sent)
             broker.restart_in_place(info, state, down_s=3.0)
             counts = tally(settings, sent, wait_s=180)
         finally:
@@ -194,6 +200,7 @@ def test_second_worker_joins_mid_stream(isolated_settings: Settings, logs: Path)
     second = None
     try:
         wait_for(lambda: produced(isolated_settings) >= 30, 90, "the first findings")
+        at_fault(isolated_settings, sent)
         second = spawn(isolated_settings, logs / "w2.log")
         counts = tally(isolated_settings, sent, wait_s=180)
     finally:
@@ -207,6 +214,7 @@ def test_exactly_once_survives_kill_9(isolated_settings: Settings, logs: Path) -
     eos = {"SCANSTREAM_DELIVERY": "exactly-once", "SCANSTREAM_WORKER_ID": "eos-replica-0"}
     first = spawn(isolated_settings, logs / "w1.log", **eos)
     wait_for(lambda: produced(isolated_settings) >= 30, 90, "the first findings")
+    at_fault(isolated_settings, sent)
     first.kill()
     first.wait()
     second = spawn(isolated_settings, logs / "w2.log", "--drain", **eos)
@@ -222,6 +230,7 @@ def test_sigterm_under_load_drains_in_grace_and_commits(
     grace = 20.0
     first = spawn(isolated_settings, logs / "w1.log", SCANSTREAM_GRACE_PERIOD_S=str(grace))
     wait_for(lambda: produced(isolated_settings) >= 30, 90, "the first findings")
+    at_fault(isolated_settings, sent)
     t0 = time.monotonic()
     first.send_signal(signal.SIGTERM)
     code = first.wait(timeout=grace + 10)
