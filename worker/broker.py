@@ -204,6 +204,8 @@ def _properties(port: int, controller_port: int, data_dir: Path) -> str:
         "transaction.state.log.min.isr": "1",
         "transaction.state.log.num.partitions": "3",
         "group.initial.rebalance.delay.ms": "0",
+        # Lets tests use short session timeouts and poll intervals (the default minimum is 6 s).
+        "group.min.session.timeout.ms": "1000",
         "message.max.bytes": str(MESSAGE_MAX_BYTES),
         "replica.fetch.max.bytes": str(MESSAGE_MAX_BYTES),
         "socket.request.max.bytes": str(4 * MESSAGE_MAX_BYTES),

@@ -130,6 +130,7 @@ class Settings:
     max_in_flight: int = 256
     poll_timeout_ms: int = 100
     max_poll_records: int = 64
+    max_poll_interval_ms: int = 300_000
     fetch_attempts: int = 3
     fetch_timeout_s: float = 10.0
     grace_period_s: float = 30.0
@@ -151,6 +152,7 @@ class Settings:
             "max_in_flight",
             "max_poll_records",
             "fetch_attempts",
+            "max_poll_interval_ms",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SCANSTREAM_{name.upper()} must be at least 1")

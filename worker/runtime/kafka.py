@@ -90,12 +90,14 @@ def consumer(
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": settings.max_poll_records,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
         "max_partition_fetch_bytes": settings.max_message_bytes + _HEADROOM,
         "fetch_max_bytes": max(52428800, 2 * (settings.max_message_bytes + _HEADROOM)),
         "client_id": settings.worker_id,
-        # A killed worker's partitions move on after 10 s instead of 45 s.
-        "session_timeout_ms": 10000,
-        "heartbeat_interval_ms": 2000,
+        # A killed worker's partitions move on after 10 s instead of 45 s (never longer than
+        # the poll interval, which the client requires to be the larger).
+        "session_timeout_ms": min(10000, settings.max_poll_interval_ms),
+        "heartbeat_interval_ms": min(2000, settings.max_poll_interval_ms // 3),
         "reconnect_backoff_max_ms": 2000,
     }
     kwargs.update(extra)

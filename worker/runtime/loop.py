@@ -6,11 +6,13 @@ replays events rather than losing them (at-least-once). In ``exactly-once`` mode
 the offsets are committed in one Kafka transaction, so a ``read_committed`` subscriber sees each
 finding once.
 
-Backpressure: each poll takes at most ``max_poll_records`` events and the loop finishes them
-before polling again, so in-flight work is bounded by construction and a slow model slows the
-poll rate instead of growing a queue (keep ``max_poll_records`` x the slowest event's time well
-under ``max_poll_interval_ms``). Inference of all frames of one poll is micro-batched across
-events (``batch_max_size``, ``batch_max_delay_ms``).
+Backpressure: each poll takes at most ``max_poll_records`` events, computed on one compute
+thread, and no new poll returns records until they are produced and committed, so in-flight
+work is bounded by ``max_poll_records``. While a batch is slow, all partitions are paused and the
+loop keeps polling (which returns nothing), so a slow model never pushes the consumer past
+``max_poll_interval_ms``; partitions resume when the batch is committed. A revocation during a
+batch commits it first. Inference of all frames of one poll is micro-batched across events
+(``batch_max_size``, ``batch_max_delay_ms``).
 
 Shutdown: SIGTERM/SIGINT stop polling; the current batch is finished, produced and committed,
 then the consumer leaves the group. ``drain=True`` exits once the assigned partitions are caught
@@ -26,7 +28,7 @@ import random
 import signal
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -100,6 +102,9 @@ class Worker:
         self.stats = RunStats()
         self._stop = threading.Event()
         self._backoff = 0.0
+        self._pending: tuple[list[ConsumerRecord], Future[list[_Result]]] | None = None
+        self._paused = False
+        self._compute_pool = ThreadPoolExecutor(1, thread_name_prefix="scanstream-compute")
         self._transactional = settings.delivery == "exactly-once"
         extra: dict[str, Any] = {}
         if self._transactional:
@@ -156,6 +161,7 @@ class Worker:
 
     def close(self) -> None:
         self.health.set_ready(False)
+        self._compute_pool.shutdown(wait=True)
         self.batcher.close()
         try:
             self.consumer.close()  # leaves the group, so partitions move on at once
@@ -165,16 +171,47 @@ class Worker:
     # -- the loop body -----------------------------------------------------------------------
     def _process(self, records: list[ConsumerRecord]) -> None:
         self.metrics.set_in_flight(len(records))
+        work = self._compute_pool.submit(self._compute, records)
+        self._pending = (records, work)
+        self._wait_keeping_membership(work)
+        if self._pending is not None:  # a revocation may have finished it already
+            self._finish_pending()
+        self.metrics.set_in_flight(0)
+
+    def _compute(self, records: list[ConsumerRecord]) -> list[_Result]:
+        """The CPU/GPU work of a batch (runs on the compute thread; never touches the consumer)."""
         outcomes = [self._prepare(r) for r in records]
-        results = [self._result(outcome) for outcome in outcomes]
+        return [self._result(outcome) for outcome in outcomes]
+
+    def _wait_keeping_membership(self, work: Future[list[_Result]]) -> None:
+        """Backpressure without eviction: while a batch is slow, every partition is paused and
+        the consumer keeps polling, so no records come in, yet the member stays in the group
+        (``max_poll_interval_ms``) and rebalances are served (committing this batch first)."""
+        if wait([work], timeout=0.05).done:
+            return
+        self._paused = True
+        self.consumer.pause(*self.consumer.assignment())
+        try:
+            while not work.done():
+                self.health.beat()
+                stray = self.consumer.poll(timeout_ms=100)
+                for tp, recs in stray.items():  # cannot happen while paused; never drop them
+                    self.consumer.seek(tp, min(r.offset for r in recs))
+        finally:
+            self._paused = False
+            self.consumer.resume(*self.consumer.paused())
+
+    def _finish_pending(self) -> None:
+        assert self._pending is not None
+        records, work = self._pending
+        self._pending = None
+        results = work.result()
         try:
             sends = self._produce(results)
             self._commit(records)
         except Exception as exc:  # noqa: BLE001 - any Kafka failure: replay, never lose
             self._rewind(records, exc)
             return
-        finally:
-            self.metrics.set_in_flight(0)
         now = time.time()
         for sent_at in sends:
             self.metrics.observe_e2e(max(0.0, now - sent_at))
@@ -365,16 +402,22 @@ class Worker:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions are revoked only between batches (the loop is synchronous), so every
-    processed offset is already committed when this runs; it only keeps readiness truthful."""
+    """Runs inside ``poll``: commits the batch in progress before its partitions are revoked,
+    keeps new partitions paused while a batch is still running, and keeps readiness and lag
+    metrics truthful."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
     def on_partitions_revoked(self, revoked: Any) -> None:
+        if self.worker._pending is not None:
+            # Commit before the partitions go: the next owner starts after this batch.
+            self.worker._finish_pending()
         self.worker.health.set_ready(False)
         for tp in revoked:  # a partition we no longer own must not report stale lag
             self.worker.metrics.remove_lag(tp.topic, tp.partition)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        if self.worker._paused and assigned:
+            self.worker.consumer.pause(*assigned)  # still busy: take nothing new yet
         self.worker.health.set_ready(bool(assigned))

@@ -94,6 +94,17 @@ class FakeConsumer:
     def close(self) -> None:
         self.log.append("consumer close")
 
+    def pause(self, *tps: TopicPartition) -> None:
+        self.log.append("pause")
+        self._paused = set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.log.append("resume")
+        self._paused = set()
+
+    def paused(self) -> set[TopicPartition]:
+        return getattr(self, "_paused", set())
+
 
 @pytest.fixture(scope="module")
 def models() -> ModelSet:
@@ -185,3 +196,34 @@ def test_internal_errors_become_dead_letters(
     assert headers["scanstream.error.reason"] == b"internal_error"
     assert b"ZeroDivisionError" in headers["scanstream.error.detail"]
     assert consumer.committed[consumer.tp].offset == 1
+
+
+def test_a_slow_batch_pauses_partitions_and_keeps_polling(
+    models: ModelSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import worker.runtime.loop as loop
+
+    real_prepare = loop.prepare
+
+    def slow_prepare(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.6)  # a slow model: longer than a poll's timeout
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "prepare", slow_prepare)
+    worker, consumer, _, log = make_worker(models, [[record(0, encode_ct(ct_slice(4, 64)))]])
+    polls_while_paused = []
+    original_poll = consumer.poll
+
+    def poll(timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Record]]:
+        if consumer.paused():
+            polls_while_paused.append(timeout_ms)
+            return {}  # a paused consumer returns nothing
+        return original_poll(timeout_ms, max_records)
+
+    consumer.poll = poll  # type: ignore[method-assign]
+    stats = worker.run(drain=True)
+    assert stats.findings == 1
+    assert len(polls_while_paused) >= 3  # the member kept polling (stays in the group)
+    assert log.index("pause") < log.index("resume") < log.index("commit")
