@@ -31,9 +31,11 @@ def load_models(settings: Settings) -> ModelSet:
     return models
 
 
-def start_worker(settings: Settings, bootstrap: str) -> tuple[Worker, Metrics, Health]:
+def start_worker(
+    settings: Settings, bootstrap: str, models: ModelSet | None = None
+) -> tuple[Worker, Metrics, Health]:
     """Everything that can fail at start fails here, before the first poll."""
-    models = load_models(settings)
+    models = models or load_models(settings)
     metrics, health = Metrics(), Health()
     metrics.set_gpu_required(settings.require_gpu)
     for info in models.model_infos():
@@ -45,11 +47,13 @@ def start_worker(settings: Settings, bootstrap: str) -> tuple[Worker, Metrics, H
 def run_worker(
     settings: Settings, drain: bool = False, processes: int = 1, max_events: int | None = None
 ) -> int:
+    # Local misconfiguration (models, GPU) fails before anything touches the network.
+    models = load_models(settings)
     bootstrap, _ = kafka_clients.resolve_bootstrap(settings, start_local=True)
     kafka_clients.ensure_topics(bootstrap, settings)
     if processes > 1:
         return _run_many(settings.replace(bootstrap_servers=bootstrap), drain, processes)
-    worker, metrics, health = start_worker(settings, bootstrap)
+    worker, metrics, health = start_worker(settings, bootstrap, models)
     server = None
     if settings.metrics_port:
         server = serve(metrics, health, settings.metrics_host, settings.metrics_port)

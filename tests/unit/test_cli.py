@@ -1,0 +1,52 @@
+"""The command line: fail fast with a message that says what to fix; models verify."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import worker
+
+MODELS = Path(worker.__file__).parent / "models"
+
+
+def scanstream(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_misconfiguration_fails_fast_naming_the_variable() -> None:
+    proc = scanstream("run", SCANSTREAM_MAX_FRAMES="lots")
+    assert proc.returncode == 2
+    assert "SCANSTREAM_MAX_FRAMES='lots' is not an integer" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = scanstream(
+        "run", SCANSTREAM_MODELS_DIR="/nonexistent/models", KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9"
+    )
+    assert proc.returncode == 2 and "/nonexistent/models" in proc.stderr
+
+
+def test_models_verify_passes_on_shipped_and_names_a_tampered_file(tmp_path: Path) -> None:
+    ok = scanstream("models", "verify")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.count("OK") >= 2
+    copy = tmp_path / "models"
+    shutil.copytree(MODELS, copy)
+    onnx_file = copy / "lesion-svm" / "model.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    bad = scanstream("models", "verify", "--models-dir", str(copy))
+    assert bad.returncode != 0
+    assert str(onnx_file) in bad.stdout + bad.stderr
+    listed = scanstream("models", "list")
+    assert "lesion-cnn" in listed.stdout and "lesion-svm" in listed.stdout

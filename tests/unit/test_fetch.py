@@ -1,0 +1,70 @@
+"""The reader: file:// and http(s):// (a real local HTTP server), final vs transient failures."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from worker.errors import Rejection, TransientError
+from worker.fetch import fetch
+
+BODY = b"DICM-ish bytes" * 100
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        code = {"/ok": 200, "/missing": 404, "/busy": 503}.get(self.path, 404)
+        body = BODY if code == 200 else b"no"
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def test_http_fetch_and_its_failures(server: str) -> None:
+    assert fetch(f"{server}/ok", max_bytes=10_000, timeout_s=5) == BODY
+    digest = hashlib.sha256(BODY).hexdigest()
+    assert fetch(f"{server}/ok", 10_000, 5, sha256=digest) == BODY
+    with pytest.raises(Rejection, match="sha256"):
+        fetch(f"{server}/ok", 10_000, 5, sha256="0" * 64)
+    with pytest.raises(Rejection, match="too_large"):
+        fetch(f"{server}/ok", max_bytes=10, timeout_s=5)
+    with pytest.raises(Rejection, match="HTTP 404"):
+        fetch(f"{server}/missing", 10_000, 5)
+    with pytest.raises(TransientError, match="HTTP 503"):
+        fetch(f"{server}/busy", 10_000, 5)
+
+
+def test_file_fetch_and_schemes(tmp_path: Path) -> None:
+    path = tmp_path / "a.dcm"
+    path.write_bytes(BODY)
+    assert fetch(path.as_uri(), 10_000, 1) == BODY
+    with pytest.raises(Rejection) as info:
+        fetch((tmp_path / "gone.dcm").as_uri(), 10_000, 1)
+    assert info.value.reason == "fetch_error"
+    with pytest.raises(Rejection, match="scheme"):
+        fetch("s3://bucket/key", 10_000, 1)
+    refused = "http://127.0.0.1:9/x"  # discard port: nothing listens, connection refused
+    with pytest.raises(TransientError):
+        fetch(refused, 10_000, 1)
