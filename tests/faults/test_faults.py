@@ -242,3 +242,36 @@ def test_sigterm_under_load_drains_in_grace_and_commits(
     counts = tally(isolated_settings, sent)
     # Everything the first worker produced was committed, so nothing was processed twice.
     assert counts["missing"] == 0 and counts["duplicates"] == 0
+
+
+def test_two_processes_share_the_group_and_keep_per_study_order(
+    isolated_settings: Settings, logs: Path
+) -> None:
+    sent = publish(isolated_settings)
+    proc = spawn(isolated_settings, logs / "pool.log", "--processes", "2", "--drain")
+    assert proc.wait(timeout=240) == 0
+    counts = tally(isolated_settings, sent)
+    assert counts["missing"] == 0 and counts["dead_letters"] == 0
+    consumer = KafkaConsumer(
+        bootstrap_servers=isolated_settings.bootstrap_servers, enable_auto_commit=False
+    )
+    topic = isolated_settings.findings_topic
+    tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or {0}]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    workers: set[str] = set()
+    offsets_by_study: dict[bytes, list[int]] = {}
+    seen: set[str] = set()
+    for _ in range(50):
+        for records in consumer.poll(timeout_ms=300).values():
+            for r in records:
+                finding = json.loads(r.value)
+                workers.add(finding["worker_id"])
+                if finding["event_id"] not in seen:  # first delivery of each event
+                    seen.add(finding["event_id"])
+                    offsets_by_study.setdefault(r.key, []).append(finding["source"]["offset"])
+    consumer.close()
+    print(f"workers={sorted(workers)} studies={len(offsets_by_study)}")
+    assert len(workers) == 2  # both processes took part
+    for key, offsets in offsets_by_study.items():
+        assert offsets == sorted(offsets), key  # one study's events in publish order

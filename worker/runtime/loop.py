@@ -394,11 +394,17 @@ class Worker:
                 )
 
     def _caught_up(self) -> bool:
-        assignment = self.consumer.assignment()
-        if not assignment:
+        """Drain is done when the whole group has committed every partition to its end.
+
+        Group-wide rather than per assignment: with several workers draining together, one
+        that never got a partition (the others were faster) must still stop."""
+        topic = self.settings.events_topic
+        partitions = self.consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
             return False
-        ends = self.consumer.end_offsets(list(assignment))
-        return all(self.consumer.position(tp) >= ends[tp] for tp in assignment)
+        ends = self.consumer.end_offsets(tps)
+        return all((self.consumer.committed(tp) or 0) >= ends[tp] for tp in tps)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

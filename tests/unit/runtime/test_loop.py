@@ -61,7 +61,7 @@ class FakeProducer:
 class FakeConsumer:
     def __init__(self, log: list[str], batches: list[list[Record]]) -> None:
         self.log, self.batches = log, batches
-        self.committed: dict[TopicPartition, OffsetAndMetadata] = {}
+        self.committed_offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         self.tp = TopicPartition("scans.events", 0)
         self._position = 0
 
@@ -80,7 +80,7 @@ class FakeConsumer:
 
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         self.log.append("commit")
-        self.committed.update(offsets)
+        self.committed_offsets.update(offsets)
 
     def highwater(self, tp: TopicPartition) -> int:
         return self._position
@@ -90,6 +90,13 @@ class FakeConsumer:
 
     def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self._position for tp in tps}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        meta = self.committed_offsets.get(tp)
+        return None if meta is None else meta.offset
 
     def close(self) -> None:
         self.log.append("consumer close")
@@ -147,7 +154,7 @@ def test_every_event_ends_in_one_result_and_offsets_commit_after_the_sends(
     assert stats.by_reason == {"not_dicom": 1, "truncated": 1}
     dead = [(v, dict(h)) for t, _, v, h in producer.sent if t == "scans.dlq"]
     assert dead[0][0] == b"not dicom at all" and dead[0][1]["event-id"] == b"e1"
-    assert consumer.committed[consumer.tp].offset == 3
+    assert consumer.committed_offsets[consumer.tp].offset == 3
     # Offsets are committed only after every send was flushed (acknowledged).
     assert (
         log.index("commit")
@@ -174,7 +181,7 @@ def test_a_refused_send_is_replayed_and_only_then_committed(models: ModelSet) ->
     consumer.poll = poll  # type: ignore[method-assign]
     stats = worker.run(drain=True)
     assert log.index("seek 0") < log.index("commit"), log
-    assert log.count("commit") == 1 and consumer.committed[consumer.tp].offset == 1
+    assert log.count("commit") == 1 and consumer.committed_offsets[consumer.tp].offset == 1
     # The failed attempt is not counted: one finding, though it was sent twice.
     assert stats.findings == 1
     assert [t for t, *_ in producer.sent].count("scans.findings") == 2
@@ -195,7 +202,7 @@ def test_internal_errors_become_dead_letters(
     headers = dict(producer.sent[0][3])
     assert headers["scanstream.error.reason"] == b"internal_error"
     assert b"ZeroDivisionError" in headers["scanstream.error.detail"]
-    assert consumer.committed[consumer.tp].offset == 1
+    assert consumer.committed_offsets[consumer.tp].offset == 1
 
 
 def test_a_slow_batch_pauses_partitions_and_keeps_polling(
