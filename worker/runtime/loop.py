@@ -187,14 +187,17 @@ class Worker:
         """Backpressure without eviction: while a batch is slow, every partition is paused and
         the consumer keeps polling, so no records come in, yet the member stays in the group
         (``max_poll_interval_ms``) and rebalances are served (committing this batch first)."""
-        if wait([work], timeout=0.05).done:
+        # Heartbeats run on kafka-python's own thread; only the poll interval needs polls. So a
+        # normal batch just runs (no pause, no extra poll that could delay its commit).
+        patience_s = min(5.0, self.settings.max_poll_interval_ms / 4000)
+        if wait([work], timeout=patience_s).done:
             return
         self._paused = True
         self.consumer.pause(*self.consumer.assignment())
         try:
             while not work.done():
                 self.health.beat()
-                stray = self.consumer.poll(timeout_ms=100)
+                stray = self.consumer.poll(timeout_ms=20)
                 for tp, recs in stray.items():  # cannot happen while paused; never drop them
                     self.consumer.seek(tp, min(r.offset for r in recs))
         finally:

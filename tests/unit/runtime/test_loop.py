@@ -131,12 +131,21 @@ def record(offset: int, value: bytes) -> Record:
 
 
 def make_worker(
-    models: ModelSet, batches: list[list[Record]], error: Exception | None = None
+    models: ModelSet,
+    batches: list[list[Record]],
+    error: Exception | None = None,
+    settings: Settings | None = None,
 ) -> tuple[Worker, FakeConsumer, FakeProducer, list[str]]:
     log: list[str] = []
     consumer, producer = FakeConsumer(log, batches), FakeProducer(log, error)
     worker = Worker(
-        Settings(), "fake:9092", models, Metrics(), Health(), consumer=consumer, producer=producer
+        settings or Settings(),
+        "fake:9092",
+        models,
+        Metrics(),
+        Health(),
+        consumer=consumer,
+        producer=producer,
     )
     return worker, consumer, producer, log
 
@@ -215,11 +224,15 @@ def test_a_slow_batch_pauses_partitions_and_keeps_polling(
     real_prepare = loop.prepare
 
     def slow_prepare(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(0.6)  # a slow model: longer than a poll's timeout
+        time.sleep(0.6)  # a slow model: longer than the patience before pausing
         return real_prepare(*args, **kwargs)
 
     monkeypatch.setattr(loop, "prepare", slow_prepare)
-    worker, consumer, _, log = make_worker(models, [[record(0, encode_ct(ct_slice(4, 64)))]])
+    # A 1.2 s poll interval: the loop pauses after waiting a quarter of it (0.3 s).
+    settings = Settings(max_poll_interval_ms=1200)
+    worker, consumer, _, log = make_worker(
+        models, [[record(0, encode_ct(ct_slice(4, 64)))]], settings=settings
+    )
     polls_while_paused = []
     original_poll = consumer.poll
 
