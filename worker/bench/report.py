@@ -68,8 +68,11 @@ def _samples(text: str) -> dict[tuple[str, str, str], float]:
 
 
 def stage_means(before: str, after: str) -> dict[str, float]:
-    """Mean ms per observation of each worker stage between two ``/metrics`` scrapes, and the
-    mean polled batch size (``batch_size``). Stages without observations are left out.
+    """Mean ms per observation of each worker stage between two ``/metrics`` scrapes.
+
+    Also ``batch_size``, the mean of the worker's ``scanstream_batch_size`` histogram, and
+    ``events_per_poll`` (decode observations per produce observation: the loop decodes once per
+    event and produces once per polled batch). Stages without observations are left out.
 
     >>> line = 'scanstream_stage_duration_seconds_{}{{stage="commit"}} {}'.format
     >>> a = line("sum", 0.5) + "\\n" + line("count", 10.0)
@@ -78,20 +81,26 @@ def stage_means(before: str, after: str) -> dict[str, float]:
     {'commit_ms': 3.0}
     """
     old, new = _samples(before), _samples(after)
-    out = {}
+    out, counts = {}, {}
     for (name, stage, kind), total in sorted(new.items()):
         if kind != "sum":
             continue
         count = new.get((name, stage, "count"), 0.0) - old.get((name, stage, "count"), 0.0)
+        counts[stage or name] = count
         if count > 0:
             mean = (total - old.get((name, stage, "sum"), 0.0)) / count
             key = "batch_size" if name == "batch_size" else f"{stage}_ms"
             out[key] = round(mean if name == "batch_size" else mean * 1e3, 3)
+    # decode is observed once per event, produce once per polled batch.
+    if counts.get("decode") and counts.get("produce"):
+        out["events_per_poll"] = round(counts["decode"] / counts["produce"], 3)
     return out
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
@@ -108,9 +117,27 @@ def _target_cell(result: Mapping[str, Any], key: str) -> str:
     value, target = result.get(key), TARGETS[key]
     if not isinstance(value, int | float):
         return "n/a"
-    # Ratios are "at least" targets, the latency an "at most" one.
-    met = value <= target if key.endswith("_ms_at_50pct") else value >= target
-    return f"{'met' if met else 'not met'} ({'<=' if key.endswith('pct') else '>='} {target:g})"
+    at_most = key.endswith("_ms_at_50pct")  # ratios are "at least" targets, latency "at most"
+    met = value <= target if at_most else value >= target
+    return f"{'met' if met else 'not met'} ({'<=' if at_most else '>='} {target:g})"
+
+
+_STAGE_KEYS: Final = (
+    "events_per_poll",
+    "decode_ms",
+    "filter_ms",
+    "edges_ms",
+    "features_ms",
+    "cnn_ms",
+    "svm_ms",
+    "batch_size",
+    "produce_ms",
+    "commit_ms",
+)
+_STAGE_NOTE: Final = (
+    "Means per event (decode to svm; cnn/svm per inference batch), per inference batch "
+    "(batch_size: frames), and per polled batch (produce: flush and acks; commit)."
+)
 
 
 def render_markdown(result: Mapping[str, Any]) -> str:
@@ -173,6 +200,17 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         header += ["max ms", "worker p99 ms", "compute p50 ms"]
         out += [*_table(header, rows), ""]
         out += [f"p99 at 50% load: {_target_cell(result, 'p99_ms_at_50pct')}.", ""]
+    bursts = result.get("phases", {}).get("worker1", {}).get("bursts", [])
+    stage_rows = [(f"saturation burst {i + 1}", b) for i, b in enumerate(bursts)]
+    stage_rows += [(f"{100 * row['load']:.0f}% load", row) for row in latency]
+    stage_rows = [
+        (name, r["worker_stage_means"]) for name, r in stage_rows if "worker_stage_means" in r
+    ]
+    if stage_rows:
+        out += ["## Where the worker's time went (1 process, its /metrics)", ""]
+        out += [_STAGE_NOTE, ""]
+        rows = [[name, *(means.get(k) for k in _STAGE_KEYS)] for name, means in stage_rows]
+        out += [*_table(["phase", *_STAGE_KEYS], rows), ""]
     for stage in ("imaging", "inference"):
         nested = result.get(stage)
         if isinstance(nested, Mapping):
@@ -194,7 +232,9 @@ def plot_latency(result: Mapping[str, Any], path: Path) -> None:
     loads = [100 * row["load"] for row in rows]
     for key, style in (("p50_ms", "o-"), ("p95_ms", "s--"), ("p99_ms", "^-")):
         ax.plot(loads, [row.get(key, float("nan")) for row in rows], style, label=key[:3])
-    ax.axhline(TARGETS["p99_ms_at_50pct"], color="grey", linestyle=":", label="50 ms target")
+    ax.axhline(
+        TARGETS["p99_ms_at_50pct"], color="grey", linestyle=":", label="p99 target at 50% load"
+    )
     ax.set_xlabel("offered load (% of one worker's saturation throughput)")
     ax.set_ylabel("end-to-end latency (ms)")
     sat = result.get("e2e_img_s")

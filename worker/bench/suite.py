@@ -7,11 +7,13 @@ Lossless, plus the single-frame pydicom samples of :data:`SAMPLES` that this bui
 Compute limit (:func:`compute_limit`): the same pipeline with no Kafka at all (``prepare`` +
 ``ModelSet.predict`` + ``build_finding``, one event at a time) in fresh ``spawn`` processes with
 default threading, as the worker runs: once with one process and once with one per core, all
-processes started together behind a barrier. Images per second = frames / wall time.
+processes started together behind a barrier. Images per second = frames / wall time, best of
+six windows: three before the end-to-end phases and three after them.
 
 End to end (:mod:`worker.bench.e2e`): one worker process at saturation, two processes at
-saturation, the naive worker (:mod:`worker.bench.naive`) at saturation, then latency at 25%, 50%
-and 75% of the one-process saturation rate, each phase on topics of its own, against the broker
+saturation, the naive worker (:mod:`worker.bench.naive`) at saturation (best of two bursts
+each), then latency at 25%, 50% and 75% of the one-process saturation rate, each phase on
+topics of its own, against the broker
 named by ``KAFKA_BOOTSTRAP_SERVERS`` or a local one started (and stopped) for the run. Phase sizes
 derive from the measured compute limit so that the suite takes a few minutes on two cores.
 
@@ -64,6 +66,7 @@ LATENCY_DEFINITION: Final = (
     "the finding); 'compute p50' is the finding's timings_ms summed (decode to finding)."
 )
 _TIMEOUT_S: Final = 180.0  # bound on every wait of a phase
+_BURSTS: Final = 2  # saturation bursts per phase (the best counts, all are reported)
 
 
 def _say(message: str) -> None:
@@ -105,9 +108,10 @@ def describe_workload(events: Sequence[Event]) -> dict[str, Any]:
 
 
 def _limit_child(
-    datas: list[bytes], settings: Settings, seconds: float, barrier: Any, out: Any
+    datas: list[bytes], settings: Settings, windows: int, seconds: float, barrier: Any, out: Any
 ) -> None:
-    """One compute-limit process: warm up, wait for the others, run the pipeline ``seconds``."""
+    """One compute-limit process: warm up, then ``windows`` runs of ``seconds``, each started
+    together with the other processes' behind ``barrier``."""
     from worker.inference import ModelSet
     from worker.pipeline import build_finding, prepare
 
@@ -123,29 +127,39 @@ def _limit_child(
 
     for data in datas:  # warm-up: first-call allocations, ONNX Runtime's lazy initialisation
         one(data)
-    barrier.wait(timeout=_TIMEOUT_S)
-    t0, frames, n = time.time(), 0, 0
-    while time.time() - t0 < seconds:
-        frames += one(datas[n % len(datas)])
-        n += 1
-    out.put((t0, time.time(), frames, n, models.provider, models.provider_note))
+    runs, n = [], 0
+    for _ in range(windows):
+        barrier.wait(timeout=_TIMEOUT_S)
+        t0, frames = time.time(), 0
+        while time.time() - t0 < seconds:
+            frames += one(datas[n % len(datas)])
+            n += 1
+        runs.append((t0, time.time(), frames))
+    out.put((runs, n, models.provider, models.provider_note))
 
 
 def compute_limit(
-    events: Sequence[Event], settings: Settings, processes: int, seconds: float = 4.0
+    events: Sequence[Event],
+    settings: Settings,
+    processes: int,
+    windows: int = 3,
+    seconds: float = 2.0,
 ) -> dict[str, Any]:
-    """Images per second of the bare pipeline in ``processes`` concurrent spawn processes."""
+    """Images per second of the bare pipeline in ``processes`` concurrent spawn processes.
+
+    The best of ``windows`` concurrent windows is the limit: other load on a shared machine only
+    ever slows a window down, so the fastest is the closest to what the machine can do. Every
+    window's rate is reported too.
+    """
     ctx = mp.get_context("spawn")  # a fresh interpreter each, as `scanstream run` has
     barrier, out = ctx.Barrier(processes), ctx.Queue()
     datas = [e.data for e in events]
-    children = [
-        ctx.Process(target=_limit_child, args=(datas, settings, seconds, barrier, out))
-        for _ in range(processes)
-    ]
+    args = (datas, settings, windows, seconds, barrier, out)
+    children = [ctx.Process(target=_limit_child, args=args) for _ in range(processes)]
     for child in children:
         child.start()
     try:
-        results = [out.get(timeout=_TIMEOUT_S + seconds) for _ in children]
+        results = [out.get(timeout=_TIMEOUT_S + windows * seconds) for _ in children]
     except queue.Empty as exc:
         codes = [c.exitcode for c in children]
         raise BenchError(f"a compute-limit process did not report (exit codes {codes})") from exc
@@ -154,16 +168,27 @@ def compute_limit(
             child.join(timeout=30)
             if child.is_alive():
                 child.kill()
-    start, end = min(r[0] for r in results), max(r[1] for r in results)
-    frames = sum(r[2] for r in results)
+    rates = []
+    for w in range(windows):
+        spans = [r[0][w] for r in results]
+        wall = max(s[1] for s in spans) - min(s[0] for s in spans)
+        rates.append(round(sum(s[2] for s in spans) / wall, 2))
     return {
         "processes": processes,
-        "img_s": round(frames / (end - start), 2),
-        "per_process_img_s": [round(r[2] / (r[1] - r[0]), 2) for r in results],
-        "events": sum(r[3] for r in results),
-        "provider": results[0][4],
-        "provider_note": results[0][5],
+        "img_s": max(rates),
+        "windows_img_s": rates,
+        "window_s": seconds,
+        "events": sum(r[1] for r in results),
+        "provider": results[0][2],
+        "provider_note": results[0][3],
     }
+
+
+def _merge(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two compute-limit measurements as one: every window, the best one as the limit."""
+    windows = [*first["windows_img_s"], *second["windows_img_s"]]
+    events = first["events"] + second["events"]
+    return {**first, "img_s": max(windows), "windows_img_s": windows, "events": events}
 
 
 @contextmanager
@@ -189,11 +214,11 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
     events = build_workload()
     _say(f"workload: {len(events)} events per cycle; compute limit, 1 process ...")
     limit1 = compute_limit(events, settings, 1)
-    _say(f"limit 1 process: {limit1['img_s']} img/s; {cores} processes ...")
+    _say(f"limit 1 process: {limit1['windows_img_s']} img/s; {cores} processes ...")
     limit_n = compute_limit(events, settings, cores)
-    _say(f"limit {cores} processes: {limit_n['img_s']} img/s")
+    _say(f"limit {cores} processes: {limit_n['windows_img_s']} img/s")
     rate = float(limit1["img_s"])
-    n_sat, n_naive = _clamp(6 * rate, 300, 1200), _clamp(3 * rate, 150, 600)
+    n_sat, n_naive = _clamp(5 * rate, 300, 1000), _clamp(3 * rate, 150, 500)
     phases: dict[str, Any] = {}
     latency: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="scanstream-bench-") as tmp_name:
@@ -206,19 +231,24 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
                 ("naive", 1, True, n_naive),
             ):
                 with e2e.phase(settings, bootstrap, tag, processes, naive, events[0], tmp) as ph:
-                    phases[tag] = e2e.saturate(ph, events, n, _TIMEOUT_S)
-                _say(f"{tag}: {phases[tag]['img_s']} img/s over {n} events")
+                    runs = [e2e.saturate(ph, events, n, _TIMEOUT_S) for _ in range(_BURSTS)]
+                # As for the limit: the best burst is the one least disturbed by other load.
+                phases[tag] = {"img_s": max(r["img_s"] for r in runs), "bursts": runs}
+                _say(f"{tag}: {[r['img_s'] for r in runs]} img/s, bursts of {n} events")
             saturation = float(phases["worker1"]["img_s"])
             for load in LOADS:
-                rate = load * saturation
-                tag = f"load{int(load * 100)}"
+                offered, tag = load * saturation, f"load{int(load * 100)}"
+                n = _clamp(15 * offered, 150, 900)  # ~15 s: enough samples for a p99
                 with e2e.phase(settings, bootstrap, tag, 1, False, events[0], tmp) as ph:
-                    row = {
-                        "load": load,
-                        **e2e.paced(ph, events, rate, _clamp(15 * rate, 150, 900), _TIMEOUT_S),
-                    }
+                    row = {"load": load, **e2e.paced(ph, events, offered, n, _TIMEOUT_S)}
                 latency.append(row)
                 _say(f"load {load:.0%}: p50 {row.get('p50_ms')} ms, p99 {row.get('p99_ms')} ms")
+    # Measured again now that the broker is gone: a burst of other load during the first
+    # measurement would otherwise inflate every ratio to the limit.
+    _say("compute limit again ...")
+    limit1 = _merge(limit1, compute_limit(events, settings, 1))
+    limit_n = _merge(limit_n, compute_limit(events, settings, cores))
+    _say(f"limits: {limit1['windows_img_s']}, {limit_n['windows_img_s']} img/s")
     e2e1, e2e2 = phases["worker1"]["img_s"], phases["worker2"]["img_s"]
     naive = phases["naive"]["img_s"]
     half = next(row for row in latency if row["load"] == 0.5)

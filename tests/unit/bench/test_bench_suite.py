@@ -131,6 +131,12 @@ def _result() -> dict[str, Any]:
         "latency": latency,
         "latency_definition": "arrival minus sent",
         "command": "scanstream bench --stage all --results results",
+        "phases": {
+            "worker1": {
+                "img_s": 95.0,
+                "bursts": [{"img_s": 95.0, "worker_stage_means": {"events_per_poll": 50.0}}],
+            }
+        },
         "imaging": {"total_ms_per_slice": 4.2},
         "inference": {"batch_1_ms": 0.3},
     }
@@ -143,6 +149,7 @@ def test_markdown_shows_throughput_latency_and_targets() -> None:
     assert "met (>= 0.9)" in md  # ratio to the limit
     assert "not met (>= 3)" in md  # ratio to the naive worker
     assert "p99 at 50% load: not met (<= 50)" in md
+    assert "| saturation burst 1 | 50.0 | n/a |" in md  # stage means, missing ones as n/a
     assert "## Imaging stage" in md and "total_ms_per_slice" in md
     assert "`scanstream bench --stage all --results results`" in md
 
