@@ -54,12 +54,12 @@ def spawn(settings: Settings, log: Path, *args: str, **env_extra: str) -> subpro
         )
 
 
-def publish(settings: Settings, n: int = N_EVENTS) -> list[str]:
+def publish(settings: Settings, n: int = N_EVENTS, size: int = 128) -> list[str]:
     assert settings.bootstrap_servers
     producer = kafka_clients.producer(settings.bootstrap_servers, settings)
     ids = []
     for i in range(n):
-        data = encode_ct(ct_slice(i, 128), study=f"study-{i % 12}", instance=i)
+        data = encode_ct(ct_slice(i, size), study=f"study-{i % 12}", instance=i)
         ids.append(publish_bytes(producer, settings, data, event_id=f"ev-{i}").event_id)
     producer.flush()
     producer.close()
@@ -247,7 +247,8 @@ def test_sigterm_under_load_drains_in_grace_and_commits(
 def test_two_processes_share_the_group_and_keep_per_study_order(
     isolated_settings: Settings, logs: Path
 ) -> None:
-    sent = publish(isolated_settings)
+    # Larger slices: enough work that the second process has joined long before the end.
+    sent = publish(isolated_settings, size=384)
     proc = spawn(isolated_settings, logs / "pool.log", "--processes", "2", "--drain")
     assert proc.wait(timeout=240) == 0
     counts = tally(isolated_settings, sent)

@@ -71,6 +71,7 @@ class MicroBatcher:
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._flush = False
         self._thread = threading.Thread(target=self._run, name="scanstream-batcher", daemon=True)
         self._thread.start()
 
@@ -100,6 +101,17 @@ class MicroBatcher:
                 self._cond.notify()
         return future
 
+    def flush(self) -> None:
+        """Run what is queued now instead of waiting out ``max_delay_ms``.
+
+        For a caller that knows no more frames are coming soon (the consumer loop, once it has
+        submitted every frame of a poll): the delay only pays when more frames may still arrive.
+        """
+        with self._cond:
+            if self._queue:
+                self._flush = True
+                self._cond.notify()
+
     def close(self) -> None:
         """Stop accepting frames, finish every queued one, and join the batching thread."""
         with self._cond:
@@ -125,9 +137,13 @@ class MicroBatcher:
                 if self._queue:
                     deadline = self._queue[0].queued_at + self._max_delay
                     remaining = deadline - time.perf_counter()
-                    if len(self._queue) >= self._max_batch or remaining <= 0 or self._closed:
+                    due = remaining <= 0 or self._closed or self._flush
+                    if len(self._queue) >= self._max_batch or due:
                         n = min(self._max_batch, len(self._queue))
-                        return [self._queue.popleft() for _ in range(n)]
+                        batch = [self._queue.popleft() for _ in range(n)]
+                        if not self._queue:
+                            self._flush = False
+                        return batch
                     self._cond.wait(remaining)
                 elif self._closed:
                     return None

@@ -10,13 +10,13 @@ Backpressure: each poll takes at most ``max_poll_records`` events, computed on o
 thread, and no new poll returns records until they are produced and committed, so in-flight
 work is bounded by ``max_poll_records``. While a batch is slow, all partitions are paused and the
 loop keeps polling (which returns nothing), so a slow model never pushes the consumer past
-``max_poll_interval_ms``; partitions resume when the batch is committed. A revocation during a
-batch commits it first. Inference of all frames of one poll is micro-batched across events
-(``batch_max_size``, ``batch_max_delay_ms``).
+``max_poll_interval_ms``; partitions resume when the batch is committed. Inference of all
+frames of one poll is micro-batched across events (``batch_max_size``, ``batch_max_delay_ms``),
+and the batcher is flushed once a poll's frames are all queued.
 
 Shutdown: SIGTERM/SIGINT stop polling; the current batch is finished, produced and committed,
-then the consumer leaves the group. ``drain=True`` exits once the assigned partitions are caught
-up with their end offsets (burst mode).
+then the consumer leaves the group. ``drain=True`` exits once the whole group has committed
+every partition to its end offset (burst mode).
 """
 
 from __future__ import annotations
@@ -181,6 +181,7 @@ class Worker:
     def _compute(self, records: list[ConsumerRecord]) -> list[_Result]:
         """The CPU/GPU work of a batch (runs on the compute thread; never touches the consumer)."""
         outcomes = [self._prepare(r) for r in records]
+        self.batcher.flush()  # every frame of this poll is queued: no reason to wait longer
         return [self._result(outcome) for outcome in outcomes]
 
     def _wait_keeping_membership(self, work: Future[list[_Result]]) -> None:
@@ -371,6 +372,12 @@ class Worker:
             log_event(log, "dead_letter", result.record, stage="dead_letter", reason=reason)
 
     def _commit(self, records: list[ConsumerRecord]) -> None:
+        """Commit the offsets after ``records``, whose results the broker has acknowledged.
+
+        Synchronous on purpose: kafka-python runs rebalance listeners on its network thread,
+        where no blocking commit is possible, so the only way to hand partitions over with
+        nothing uncommitted is to commit before the next poll can start a rebalance.
+        """
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
@@ -411,17 +418,17 @@ class Worker:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Runs inside ``poll``: commits the batch in progress before its partitions are revoked,
-    keeps new partitions paused while a batch is still running, and keeps readiness and lag
+    """Keeps new partitions paused while a batch is still running, and readiness and lag
     metrics truthful."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        if self.worker._pending is not None:
-            # Commit before the partitions go: the next owner starts after this batch.
-            self.worker._finish_pending()
+        # Runs on kafka-python's network thread, where nothing may block (no commit). Every
+        # finished batch is committed already; a batch still running when its partitions go
+        # fails to commit and is replayed by the next owner (at-least-once; in exactly-once
+        # mode its transaction is aborted).
         self.worker.health.set_ready(False)
         for tp in revoked:  # a partition we no longer own must not report stale lag
             self.worker.metrics.remove_lag(tp.topic, tp.partition)

@@ -82,6 +82,12 @@ class FakeConsumer:
         self.log.append("commit")
         self.committed_offsets.update(offsets)
 
+    def commit_async(
+        self, offsets: dict[TopicPartition, OffsetAndMetadata], callback: Any = None
+    ) -> None:
+        self.log.append("commit_async")
+        self.committed_offsets.update(offsets)
+
     def highwater(self, tp: TopicPartition) -> int:
         return self._position
 
