@@ -135,7 +135,7 @@ def encode_ct(
     ds.PixelSpacing = [0.7, 0.7]
     ds.PixelData = stored.tobytes()
     if transfer_syntax != ExplicitVRLittleEndian:
-        ds.compress(transfer_syntax, stored)
+        ds.compress(transfer_syntax, stored, generate_instance_uid=False)  # keep UIDs stable
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()

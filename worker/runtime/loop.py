@@ -104,6 +104,8 @@ class Worker:
         self._backoff = 0.0
         self._pending: tuple[list[ConsumerRecord], Future[list[_Result]]] | None = None
         self._paused = False
+        # Offsets committed asynchronously and not yet confirmed by a synchronous commit.
+        self._uncertain: dict[TopicPartition, OffsetAndMetadata] = {}
         self._compute_pool = ThreadPoolExecutor(1, thread_name_prefix="scanstream-compute")
         self._transactional = settings.delivery == "exactly-once"
         extra: dict[str, Any] = {}
@@ -119,6 +121,9 @@ class Worker:
         self.consumer = consumer or kafka_clients.consumer(
             bootstrap, settings, isolation_level="read_committed"
         )
+        # Fetch the topic's metadata before joining: a group leader without it assigns nothing
+        # (kafka-python logs "No partition metadata") and the group limps until a rejoin.
+        self.consumer.partitions_for_topic(settings.events_topic)
         self.consumer.subscribe([settings.events_topic], listener=_Rebalance(self))
         self.batcher = MicroBatcher(
             models,
@@ -164,6 +169,7 @@ class Worker:
         self._compute_pool.shutdown(wait=True)
         self.batcher.close()
         try:
+            self.commit_pending()
             self.consumer.close()  # leaves the group, so partitions move on at once
         finally:
             self.producer.close(timeout=self.settings.grace_period_s)
@@ -374,9 +380,10 @@ class Worker:
     def _commit(self, records: list[ConsumerRecord]) -> None:
         """Commit the offsets after ``records``, whose results the broker has acknowledged.
 
-        Synchronous on purpose: kafka-python runs rebalance listeners on its network thread,
-        where no blocking commit is possible, so the only way to hand partitions over with
-        nothing uncommitted is to commit before the next poll can start a rebalance.
+        At-least-once commits asynchronously: the results are already safe, so a lost commit
+        costs at most a replay, and the next commit covers it. A synchronous commit (7 ms
+        here) per poll would dominate latency at moderate load. Shutdown and drain make the
+        pending commits durable with :meth:`commit_pending`.
         """
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for r in records:
@@ -388,9 +395,27 @@ class Worker:
             self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
             self.producer.commit_transaction()
         else:
-            self.consumer.commit(offsets)
+            self.consumer.commit_async(offsets, callback=self._on_commit)
+            self._uncertain.update(offsets)
         self.metrics.observe_stage("commit", time.perf_counter() - t0)
         self._backoff = 0.0
+
+    def _on_commit(self, offsets: Any, response: Any) -> None:
+        if isinstance(response, Exception):  # the next commit covers it, or a replay does
+            log.warning("asynchronous commit failed: %r", response)
+
+    def commit_pending(self) -> None:
+        """Commit synchronously every offset committed asynchronously since the last call."""
+        if not self._uncertain:
+            return
+        owned = self.consumer.assignment()
+        offsets = {tp: om for tp, om in self._uncertain.items() if tp in owned}
+        self._uncertain.clear()
+        if offsets:
+            try:
+                self.consumer.commit(offsets)
+            except Exception as exc:  # noqa: BLE001 - the worst outcome is a replay
+                log.warning("commit failed, the partitions' next owner replays: %r", exc)
 
     def _on_batch(self, size: int, timings: dict[str, float]) -> None:
         self.metrics.observe_batch(size)
@@ -408,6 +433,7 @@ class Worker:
 
         Group-wide rather than per assignment: with several workers draining together, one
         that never got a partition (the others were faster) must still stop."""
+        self.commit_pending()  # our own asynchronous commits count only once confirmed
         topic = self.settings.events_topic
         partitions = self.consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]

@@ -170,9 +170,11 @@ def test_every_event_ends_in_one_result_and_offsets_commit_after_the_sends(
     dead = [(v, dict(h)) for t, _, v, h in producer.sent if t == "scans.dlq"]
     assert dead[0][0] == b"not dicom at all" and dead[0][1]["event-id"] == b"e1"
     assert consumer.committed_offsets[consumer.tp].offset == 3
+    # Asynchronous commits while running, confirmed by a synchronous one before leaving.
+    assert log.index("commit_async") < log.index("commit") < log.index("consumer close")
     # Offsets are committed only after every send was flushed (acknowledged).
     assert (
-        log.index("commit")
+        log.index("commit_async")
         > log.index("flush")
         > max(i for i, entry in enumerate(log) if entry.startswith("send"))
     )
@@ -195,8 +197,8 @@ def test_a_refused_send_is_replayed_and_only_then_committed(models: ModelSet) ->
 
     consumer.poll = poll  # type: ignore[method-assign]
     stats = worker.run(drain=True)
-    assert log.index("seek 0") < log.index("commit"), log
-    assert log.count("commit") == 1 and consumer.committed_offsets[consumer.tp].offset == 1
+    assert log.index("seek 0") < log.index("commit_async"), log
+    assert log.count("commit_async") == 1 and consumer.committed_offsets[consumer.tp].offset == 1
     # The failed attempt is not counted: one finding, though it was sent twice.
     assert stats.findings == 1
     assert [t for t, *_ in producer.sent].count("scans.findings") == 2
@@ -252,4 +254,4 @@ def test_a_slow_batch_pauses_partitions_and_keeps_polling(
     stats = worker.run(drain=True)
     assert stats.findings == 1
     assert len(polls_while_paused) >= 3  # the member kept polling (stays in the group)
-    assert log.index("pause") < log.index("resume") < log.index("commit")
+    assert log.index("pause") < log.index("resume") < log.index("commit_async")
