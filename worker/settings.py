@@ -127,7 +127,6 @@ class Settings:
     # Dynamic micro-batching (Triton-style): flush at this size or after this delay.
     batch_max_size: int = 16
     batch_max_delay_ms: float = 5.0
-    max_in_flight: int = 256
     poll_timeout_ms: int = 100
     max_poll_records: int = 64
     max_poll_interval_ms: int = 300_000
@@ -149,7 +148,6 @@ class Settings:
             "max_pixels",
             "max_frames",
             "batch_max_size",
-            "max_in_flight",
             "max_poll_records",
             "fetch_attempts",
             "max_poll_interval_ms",
