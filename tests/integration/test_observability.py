@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import subprocess
 import threading
 import time
@@ -15,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from tooling import require_tool
 
 from worker.broker import free_port
 from worker.metrics import serve
@@ -35,19 +34,10 @@ def http_status(url: str) -> int:
         return int(exc.code)
 
 
-def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus missing on CI: .ci/run should have installed it")
-        pytest.skip("prometheus not installed (apt-get install prometheus)")
-    return path
-
-
 def test_readyz_then_real_prometheus_computes_p99(
     isolated_settings: Settings, tmp_path: Path
 ) -> None:
-    binary = prometheus_binary()
+    binary = require_tool("prometheus", "prometheus")
     settings = isolated_settings
     assert settings.bootstrap_servers
     worker, metrics, health = start_worker(settings, settings.bootstrap_servers)

@@ -4,15 +4,13 @@ dashboard parses, its PromQL parses, and it only queries series that worker.metr
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tooling import require_tool
 
 from worker.metrics import Metrics
 
@@ -28,19 +26,13 @@ PROMQL_KEYWORDS |= {"and", "or", "unless", "bool", "offset", "inf", "nan"}
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$job": ".*", "$instance": ".*"}
 
 
-def promtool() -> str:
-    """Path of promtool; on CI (env CI set) its absence is a failure, elsewhere a skip."""
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed but CI is set: .ci/run must install prometheus")
-        pytest.skip("promtool not installed (apt-get install prometheus); CI runs this check")
-    return path
-
-
 def run_promtool(*args: str) -> str:
     result = subprocess.run(
-        [promtool(), *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120
+        [require_tool("promtool", "prometheus"), *args],
+        cwd=PROMETHEUS,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
@@ -174,7 +166,10 @@ def test_dashboard_promql_parses(tmp_path: Path) -> None:
     path = tmp_path / "dashboard_rules.yml"
     path.write_text("\n".join(lines) + "\n")
     result = subprocess.run(
-        [promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=120
+        [require_tool("promtool", "prometheus"), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_compose_file_is_valid() -> None:
-    tool = shutil.which("docker-compose")
-    if tool is None:
-        if os.environ.get("CI"):
-            pytest.fail("docker-compose missing on CI: .ci/run should have installed it")
-        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+    tool = require_tool("docker-compose", "docker-compose")
     proc = subprocess.run(
         [tool, "-f", str(ROOT / "docker-compose.yml"), "config"],
         capture_output=True,

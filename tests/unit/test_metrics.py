@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import os
-import shutil
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -12,6 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from tooling import require_tool
 
 import worker
 from worker.errors import REASONS
@@ -29,16 +28,6 @@ SERIES = (
     "scanstream_gpu_required",
     "scanstream_build_info",
 )
-
-
-def promtool() -> str:
-    """Path of promtool; on CI (env CI set) its absence is a failure, elsewhere a skip."""
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed but CI is set: .ci/run must install prometheus")
-        pytest.skip("promtool not installed (apt-get install prometheus); CI runs this check")
-    return path
 
 
 class Clock:
@@ -176,7 +165,7 @@ def test_custom_silence_window(metrics: Metrics, clock: Clock) -> None:
 
 
 def test_promtool_accepts_a_real_scrape(server: MetricsServer) -> None:
-    tool = promtool()
+    tool = require_tool("promtool", "prometheus")
     _, _, body = get(server, "/metrics")
     result = subprocess.run(
         [tool, "check", "metrics"], input=body, capture_output=True, timeout=60, check=False
