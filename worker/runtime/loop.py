@@ -36,7 +36,7 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from worker.contract import dead_letter_headers, parse_event
+from worker.contract import EVENT_ID, dead_letter_headers, header, parse_event
 from worker.errors import Rejection, TransientError
 from worker.imaging import ImagingConfig
 from worker.inference import MicroBatcher, ModelSet, Prediction
@@ -375,7 +375,15 @@ class Worker:
             self.stats.dead_letters += 1
             self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + 1
             self.metrics.count_event("dead_letter", reason)
-            log_event(log, "dead_letter", result.record, stage="dead_letter", reason=reason)
+            raw_id = header(result.record.headers or [], EVENT_ID)
+            log_event(
+                log,
+                "dead_letter",
+                result.record,
+                stage="dead_letter",
+                reason=reason,
+                event_id=raw_id.decode("utf-8", "replace") if raw_id else None,
+            )
 
     def _commit(self, records: list[ConsumerRecord]) -> None:
         """Commit the offsets after ``records``, whose results the broker has acknowledged.
