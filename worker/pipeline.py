@@ -140,9 +140,10 @@ def build_finding(
     t0 = time.perf_counter()
     meta = prepared.meta
     infos = models.model_infos()
+    per_frame = [prediction.to_classifications() for prediction in predictions]
     per_model: dict[str, dict[str, Any]] = {}
-    for index, prediction in enumerate(predictions):
-        for cls in prediction.to_classifications():
+    for index, classifications in enumerate(per_frame):
+        for cls in classifications:
             best = per_model.get(cls["model"])
             if best is None or cls["probability"] > best["probability"]:
                 per_model[cls["model"]] = {**cls, "frame": index}
@@ -150,10 +151,10 @@ def build_finding(
     frames = [
         {
             "index": i,
-            "lesion_probability": float(max(c["probability"] for c in p.to_classifications())),
+            "lesion_probability": float(max(c["probability"] for c in classifications)),
             "edge_density": float(a.features[density_index]),
         }
-        for i, (p, a) in enumerate(zip(predictions, prepared.analyses, strict=True))
+        for i, (classifications, a) in enumerate(zip(per_frame, prepared.analyses, strict=True))
     ][:MAX_FRAME_SUMMARIES]
     mean_features = prepared.features.astype(np.float64).mean(axis=0)
     lows, highs = zip(*(a.canny_thresholds for a in prepared.analyses), strict=True)
