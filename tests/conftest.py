@@ -42,14 +42,7 @@ def isolated_settings(kafka_bootstrap: str) -> Settings:
     """Settings with topics and a group of their own, so tests never see each other's events."""
     run = uuid.uuid4().hex[:8]
     settings = Settings.from_env(
-        {},
-        bootstrap_servers=kafka_bootstrap,
-        events_topic=f"t{run}.events",
-        findings_topic=f"t{run}.findings",
-        alerts_topic=f"t{run}.alerts",
-        dlq_topic=f"t{run}.dlq",
-        group_id=f"g{run}",
-        worker_id=f"test-{run}",
-    )
+        {}, bootstrap_servers=kafka_bootstrap, worker_id=f"test-{run}"
+    ).namespaced(f"t{run}")
     kafka_clients.ensure_topics(kafka_bootstrap, settings)
     return settings

@@ -190,6 +190,21 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    def namespaced(self, prefix: str) -> Settings:
+        """These settings with topics and a consumer group of their own, named after ``prefix``
+        (test runs and benchmark phases that must never see each other's events).
+
+        >>> Settings().namespaced("t1").findings_topic
+        't1.findings'
+        """
+        return self.replace(
+            events_topic=f"{prefix}.events",
+            findings_topic=f"{prefix}.findings",
+            alerts_topic=f"{prefix}.alerts",
+            dlq_topic=f"{prefix}.dlq",
+            group_id=prefix,
+        )
+
     def describe(self) -> dict[str, Any]:
         """The settings as a dict that is safe to log (secrets masked)."""
         out: dict[str, Any] = {}

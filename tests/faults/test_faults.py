@@ -170,14 +170,7 @@ def test_broker_restart_mid_stream_recovers_without_help(tmp_path: Path, logs: P
     info, _ = broker.start(state_dir=state)
     try:
         run = uuid.uuid4().hex[:8]
-        settings = Settings(
-            bootstrap_servers=info.bootstrap,
-            events_topic=f"r{run}.events",
-            findings_topic=f"r{run}.findings",
-            alerts_topic=f"r{run}.alerts",
-            dlq_topic=f"r{run}.dlq",
-            group_id=f"r{run}",
-        )
+        settings = Settings(bootstrap_servers=info.bootstrap).namespaced(f"r{run}")
         kafka_clients.ensure_topics(info.bootstrap, settings)
         sent = publish(settings)
         worker = spawn(settings, logs / "w.log")

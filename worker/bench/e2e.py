@@ -96,14 +96,8 @@ def pacing_schedule(rate: float, count: int) -> list[float]:
 def phase_settings(base: Settings, bootstrap: str, tag: str) -> Settings:
     """``base`` with topics, group and worker id of their own for one phase."""
     run = f"{tag}-{uuid.uuid4().hex[:8]}"
-    settings = base.replace(
-        bootstrap_servers=bootstrap,
-        events_topic=f"bench.{run}.events",
-        findings_topic=f"bench.{run}.findings",
-        alerts_topic=f"bench.{run}.alerts",
-        dlq_topic=f"bench.{run}.dlq",
-        group_id=f"bench-{run}",
-        worker_id=f"bench-{run}",
+    settings = base.namespaced(f"bench.{run}").replace(
+        bootstrap_servers=bootstrap, worker_id=f"bench-{run}"
     )
     kafka_clients.ensure_topics(bootstrap, settings, partitions=PARTITIONS)
     return settings
