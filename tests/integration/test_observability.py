@@ -98,6 +98,18 @@ def test_readyz_then_real_prometheus_computes_p99(
             time.sleep(1)
         print(f"p99 end-to-end latency from Prometheus: {value * 1e3:.1f} ms")
         assert math.isfinite(value) and value > 0
+        # The worker's own exposition, after real traffic, passes promtool's lint too.
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+            body = response.read()
+        assert b'scanstream_events_total{outcome="finding",reason=""} 120.0' in body
+        lint = subprocess.run(
+            [require_tool("promtool", "prometheus"), "check", "metrics"],
+            input=body,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert lint.returncode == 0, lint.stdout + lint.stderr
     finally:
         worker.stop()
         thread.join(timeout=60)
