@@ -22,7 +22,6 @@ every partition to its end offset (burst mode).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import signal
@@ -36,14 +35,15 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from worker.contract import EVENT_ID, dead_letter_headers, header, parse_event
+from worker.contract import EVENT_ID, header, parse_event
 from worker.errors import Rejection, TransientError
 from worker.imaging import ImagingConfig
 from worker.inference import MicroBatcher, ModelSet, Prediction
 from worker.metrics import Health, Metrics
-from worker.pipeline import Prepared, build_alerts, build_finding, prepare
+from worker.pipeline import Prepared, build_finding, prepare
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.jsonlog import log_event
+from worker.runtime.results import EventResult, dead_letter_result, finding_result
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,18 +56,6 @@ class RunStats:
     dead_letters: int = 0
     alerts: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class _Result:
-    """What one event produces: its messages, and what to count once they are committed."""
-
-    record: ConsumerRecord
-    messages: list[tuple[str, bytes, list[tuple[str, bytes]]]]
-    finding: dict[str, Any] | None = None
-    rejection: Rejection | None = None
-    alert_severities: list[str] = field(default_factory=list)
-    sent_at: float | None = None
 
 
 @dataclass
@@ -102,7 +90,7 @@ class Worker:
         self.stats = RunStats()
         self._stop = threading.Event()
         self._backoff = 0.0
-        self._pending: tuple[list[ConsumerRecord], Future[list[_Result]]] | None = None
+        self._pending: tuple[list[ConsumerRecord], Future[list[EventResult]]] | None = None
         self._paused = False
         # Offsets committed asynchronously and not yet confirmed by a synchronous commit.
         self._uncertain: dict[TopicPartition, OffsetAndMetadata] = {}
@@ -184,13 +172,13 @@ class Worker:
             self._finish_pending()
         self.metrics.set_in_flight(0)
 
-    def _compute(self, records: list[ConsumerRecord]) -> list[_Result]:
+    def _compute(self, records: list[ConsumerRecord]) -> list[EventResult]:
         """The CPU/GPU work of a batch (runs on the compute thread; never touches the consumer)."""
         outcomes = [self._prepare(r) for r in records]
         self.batcher.flush()  # every frame of this poll is queued: no reason to wait longer
         return [self._result(outcome) for outcome in outcomes]
 
-    def _wait_keeping_membership(self, work: Future[list[_Result]]) -> None:
+    def _wait_keeping_membership(self, work: Future[list[EventResult]]) -> None:
         """Backpressure without eviction: while a batch is slow, every partition is paused and
         the consumer keeps polling, so no records come in, yet the member stays in the group
         (``max_poll_interval_ms``) and rebalances are served (committing this batch first)."""
@@ -229,7 +217,7 @@ class Worker:
             self._count(result)
         self._update_lag(records)
 
-    def _produce(self, results: list[_Result]) -> list[float]:
+    def _produce(self, results: list[EventResult]) -> list[float]:
         """Send every result and wait for the broker's acknowledgements (acks=all)."""
         if self._transactional:
             self.producer.begin_transaction()
@@ -298,7 +286,7 @@ class Worker:
                 time.sleep(random.uniform(0, min(5.0, 0.2 * 2**attempt)))
         raise AssertionError("unreachable")
 
-    def _result(self, outcome: _Outcome) -> _Result:
+    def _result(self, outcome: _Outcome) -> EventResult:
         record = outcome.record
         if outcome.prepared is not None and outcome.rejection is None:
             try:
@@ -321,37 +309,11 @@ class Worker:
                 log.exception("inference failed for offset %s", record.offset)
                 outcome.rejection = Rejection("internal_error", f"{type(exc).__name__}: {exc}")
             else:
-                return self._finding_result(record, finding)
+                return finding_result(record, finding, self.settings)
         assert outcome.rejection is not None
-        headers = dead_letter_headers(
-            record.headers or [],
-            outcome.rejection.reason,
-            outcome.rejection.detail,
-            record.topic,
-            record.partition,
-            record.offset,
-            time.time(),
-        )
-        return _Result(
-            record, [(self.settings.dlq_topic, record.value, headers)], rejection=outcome.rejection
-        )
+        return dead_letter_result(record, outcome.rejection, self.settings)
 
-    def _finding_result(self, record: ConsumerRecord, finding: dict[str, Any]) -> _Result:
-        json_headers = [("content-type", b"application/json")]
-        messages = [(self.settings.findings_topic, json.dumps(finding).encode(), json_headers)]
-        alerts = build_alerts(finding, self.settings)
-        messages += [
-            (self.settings.alerts_topic, json.dumps(a).encode(), json_headers) for a in alerts
-        ]
-        return _Result(
-            record,
-            messages,
-            finding=finding,
-            alert_severities=[a["severity"] for a in alerts],
-            sent_at=time.time() - finding["latency_ms"] / 1e3,
-        )
-
-    def _count(self, result: _Result) -> None:
+    def _count(self, result: EventResult) -> None:
         """Metrics and stats for a result whose offsets are committed (so never twice)."""
         if result.finding is not None:
             for stage in ("cnn", "svm"):
