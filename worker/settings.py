@@ -138,7 +138,8 @@ class Settings:
     require_gpu: bool = False
     models_dir: str | None = None  # None: the models shipped in the package
     pseudonym_key: Secret = field(default_factory=lambda: Secret(""))
-    alert_rules: tuple[AlertRule, ...] = (AlertRule("lesion", 0.9, None, "high"),)
+    # The shipped models were trained on CT only: by default, alert on CT findings alone.
+    alert_rules: tuple[AlertRule, ...] = (AlertRule("lesion", 0.9, "CT", "high"),)
     thumbnail_dir: str | None = None
     log_level: str = "INFO"
 
