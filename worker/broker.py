@@ -250,8 +250,9 @@ def start(
         classpath,
     ]
     cluster_id = _cluster_id()
+    # "--cluster-id=" form: a base64url id may begin with "-", which would read as an option.
     fmt = subprocess.run(
-        [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+        [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)],
         capture_output=True,
         text=True,
         timeout=120,

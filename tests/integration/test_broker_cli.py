@@ -56,3 +56,16 @@ def test_start_status_stop_leaves_no_broker(tmp_path: Path) -> None:
     assert leftover.stdout == b""
     status = scanstream("broker", "status", env=env)
     assert (status.returncode, status.stdout.strip()) == (3, "not running")
+
+
+def test_cluster_id_starting_with_a_dash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One id in 64 starts with "-"; the storage tool must not take it for an option."""
+    from worker import broker
+
+    monkeypatch.setattr(broker, "_cluster_id", lambda: "-" + "A" * 21)
+    info, started = broker.start(state_dir=tmp_path)
+    try:
+        assert started and broker.status(tmp_path) == info
+    finally:
+        broker.stop(state_dir=tmp_path)
+    assert broker.status(tmp_path) is None
