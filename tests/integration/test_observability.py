@@ -98,10 +98,15 @@ def test_readyz_then_real_prometheus_computes_p99(
             time.sleep(1)
         print(f"p99 end-to-end latency from Prometheus: {value * 1e3:.1f} ms")
         assert math.isfinite(value) and value > 0
-        # The worker's own exposition, after real traffic, passes promtool's lint too.
-        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
-            body = response.read()
-        assert b'scanstream_events_total{outcome="finding",reason=""} 120.0' in body
+        # The worker's own exposition, after all the traffic, passes promtool's lint too.
+        done = b'scanstream_events_total{outcome="finding",reason=""} 120.0'
+        deadline = time.monotonic() + 60
+        body = b""
+        while done not in body and time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+                body = response.read()
+            time.sleep(0.2)
+        assert done in body
         lint = subprocess.run(
             [require_tool("promtool", "prometheus"), "check", "metrics"],
             input=body,
