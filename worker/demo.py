@@ -68,8 +68,9 @@ def run_demo(settings: Settings, timeout_s: float = 150.0) -> int:
     if settings.bootstrap_servers:
         bootstrap = settings.bootstrap_servers
     else:
-        print("starting the local Apache Kafka broker (first run downloads its jars) ...")
-        info, started_broker = broker.start()
+        if broker.status() is None:
+            print("starting the local Apache Kafka broker (the first run downloads its jars) ...")
+        info, started_broker = broker.start()  # reuses a running one, and leaves it running
         bootstrap = info.bootstrap
     print(f"broker: {bootstrap}")
     run_id = uuid.uuid4().hex[:8]
@@ -77,8 +78,7 @@ def run_demo(settings: Settings, timeout_s: float = 150.0) -> int:
     settings = settings.replace(group_id=f"scanstream-demo-{run_id}", worker_id=f"demo-{run_id}")
     try:
         kafka_clients.ensure_topics(bootstrap, settings)
-        worker, _, health = start_worker(settings, bootstrap)
-        worker.consumer.config["auto_offset_reset"] = "latest"
+        worker, _, health = start_worker(settings, bootstrap, auto_offset_reset="latest")
         thread = threading.Thread(target=worker.run, name="worker", daemon=True)
         thread.start()
         try:

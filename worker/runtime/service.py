@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from worker import __version__
 from worker.errors import ModelError
@@ -33,15 +34,23 @@ def load_models(settings: Settings) -> ModelSet:
 
 
 def start_worker(
-    settings: Settings, bootstrap: str, models: ModelSet | None = None
+    settings: Settings, bootstrap: str, models: ModelSet | None = None, **consumer_config: Any
 ) -> tuple[Worker, Metrics, Health]:
-    """Everything that can fail at start fails here, before the first poll."""
+    """Everything that can fail at start fails here, before the first poll.
+
+    ``consumer_config`` overrides the consumer's defaults (the demo starts at the latest offset).
+    """
     models = models or load_models(settings)
     metrics, health = Metrics(), Health()
     metrics.set_gpu_required(settings.require_gpu)
     for info in models.model_infos():
         metrics.set_model_info(info["name"], info["version"], info["execution_provider"])
-    worker = Worker(settings, bootstrap, models, metrics, health)
+    consumer = None
+    if consumer_config:
+        consumer = kafka_clients.consumer(
+            bootstrap, settings, isolation_level="read_committed", **consumer_config
+        )
+    worker = Worker(settings, bootstrap, models, metrics, health, consumer=consumer)
     return worker, metrics, health
 
 
