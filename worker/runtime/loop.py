@@ -90,7 +90,6 @@ class Worker:
         self.stats = RunStats()
         self._stop = threading.Event()
         self._backoff = 0.0
-        self._pending: tuple[list[ConsumerRecord], Future[list[EventResult]]] | None = None
         self._paused = False
         # Offsets committed asynchronously and not yet confirmed by a synchronous commit.
         self._uncertain: dict[TopicPartition, OffsetAndMetadata] = {}
@@ -166,10 +165,8 @@ class Worker:
     def _process(self, records: list[ConsumerRecord]) -> None:
         self.metrics.set_in_flight(len(records))
         work = self._compute_pool.submit(self._compute, records)
-        self._pending = (records, work)
         self._wait_keeping_membership(work)
-        if self._pending is not None:  # a revocation may have finished it already
-            self._finish_pending()
+        self._finish(records, work.result())
         self.metrics.set_in_flight(0)
 
     def _compute(self, records: list[ConsumerRecord]) -> list[EventResult]:
@@ -181,7 +178,7 @@ class Worker:
     def _wait_keeping_membership(self, work: Future[list[EventResult]]) -> None:
         """Backpressure without eviction: while a batch is slow, every partition is paused and
         the consumer keeps polling, so no records come in, yet the member stays in the group
-        (``max_poll_interval_ms``) and rebalances are served (committing this batch first)."""
+        (``max_poll_interval_ms``) and rebalances are served."""
         # Heartbeats run on kafka-python's own thread; only the poll interval needs polls. So a
         # normal batch just runs (no pause, no extra poll that could delay its commit).
         patience_s = min(5.0, self.settings.max_poll_interval_ms / 4000)
@@ -199,11 +196,8 @@ class Worker:
             self._paused = False
             self.consumer.resume(*self.consumer.paused())
 
-    def _finish_pending(self) -> None:
-        assert self._pending is not None
-        records, work = self._pending
-        self._pending = None
-        results = work.result()
+    def _finish(self, records: list[ConsumerRecord], results: list[EventResult]) -> None:
+        """Produce a computed batch, commit it, and only then count it."""
         try:
             sends = self._produce(results)
             self._commit(records)
@@ -422,7 +416,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         # Runs on kafka-python's network thread, where nothing may block (no commit). Every
-        # finished batch is committed already; a batch still running when its partitions go
+        # finished batch's commit was sent already; a batch still running when its partitions go
         # fails to commit and is replayed by the next owner (at-least-once; in exactly-once
         # mode its transaction is aborted).
         self.worker.health.set_ready(False)
