@@ -18,6 +18,7 @@ from pathlib import Path
 import pydicom
 
 from worker import broker
+from worker.metrics import Health
 from worker.phantoms import Lesion, ct_slice, encode_ct
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.publisher import event_headers, study_key
@@ -93,10 +94,10 @@ def run_demo(settings: Settings, timeout_s: float = 150.0) -> int:
 
 
 def _publish_and_watch(
-    settings: Settings, bootstrap: str, health: object, timeout_s: float, t_start: float
+    settings: Settings, bootstrap: str, health: Health, timeout_s: float, t_start: float
 ) -> int:
     deadline = time.monotonic() + timeout_s
-    while not health.ready():  # type: ignore[attr-defined]
+    while not health.ready():
         if time.monotonic() > deadline:
             print("the worker never got its partitions assigned")
             return 1

@@ -128,6 +128,15 @@ def _write(out_dir: Path, model: onnx.ModelProto, card: ModelCard) -> dict[str, 
     }
 
 
+def _evaluation(prob: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The card's evaluation block, the same for every shipped model."""
+    return {
+        "held_out": evaluate(prob, labels, THRESHOLD),
+        "caveat": HELD_OUT_CAVEAT,
+        "reproducibility": _reproducibility(),
+    }
+
+
 def _train_cnn(splits: dict[str, Split], seed: int, out_dir: Path) -> dict[str, Any]:
     train, test = splits["train"], splits["test"]
     config = CnnTrainConfig()
@@ -166,11 +175,7 @@ def _train_cnn(splits: dict[str, Split], seed: int, out_dir: Path) -> dict[str, 
             "onnx_vs_numpy_max_abs_logit_diff": parity,
             "onnx": {"ir_version": IR_VERSION, "opset": OPSET},
         },
-        evaluation={
-            "held_out": evaluate(prob, test.labels, THRESHOLD),
-            "caveat": HELD_OUT_CAVEAT,
-            "reproducibility": _reproducibility(),
-        },
+        evaluation=_evaluation(prob, test.labels),
         intended_use=DEMO_NOTICE,
     )
     return _write(out_dir, model, card)
@@ -212,11 +217,7 @@ def _train_svm(splits: dict[str, Split], seed: int, out_dir: Path) -> dict[str, 
             "reference_features": _reference_features(),
             "onnx": {"ir_version": IR_VERSION, "opset": OPSET},
         },
-        evaluation={
-            "held_out": evaluate(prob, test.labels, THRESHOLD),
-            "caveat": HELD_OUT_CAVEAT,
-            "reproducibility": _reproducibility(),
-        },
+        evaluation=_evaluation(prob, test.labels),
         intended_use=DEMO_NOTICE,
     )
     return _write(out_dir, model, card)
