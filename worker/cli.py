@@ -31,7 +31,6 @@ def _settings(args: argparse.Namespace) -> Settings:
         "models_dir",
         "require_gpu",
         "batch_max_size",
-        "batch_max_delay_ms",
     ):
         value = getattr(args, name, None)
         if value is not None and value is not False:
@@ -84,15 +83,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from worker.contract import ScanEvent
-    from worker.errors import Rejection
     from worker.inference import ModelSet
-    from worker.pipeline import analyze
+    from worker.pipeline import Pipeline
     from worker.runtime.publisher import iter_files
 
     settings = _settings(args)
     models = ModelSet.load(
         Path(settings.models_dir) if settings.models_dir else None, settings.require_gpu
     )
+    pipeline = Pipeline(models, settings)
     status = 0
     for path in iter_files(args.paths):
         try:
@@ -101,23 +100,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(json.dumps({"error": "unreadable", "detail": str(exc), "path": str(path)}))
             status = 1
             continue
-        try:
-            finding = analyze(
-                ScanEvent(str(path), path.stat().st_mtime, data=data), models, settings
-            )
-            print(json.dumps(finding))
-        except Rejection as exc:
-            print(json.dumps({"rejected": exc.reason, "detail": exc.detail, "path": str(path)}))
-        except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch
-            print(
-                json.dumps(
-                    {
-                        "rejected": "internal_error",
-                        "detail": f"{type(exc).__name__}: {exc}",
-                        "path": str(path),
-                    }
-                )
-            )
+        [outcome] = pipeline.process([ScanEvent(str(path), path.stat().st_mtime, data=data)])
+        if outcome.rejection is not None:
+            reason, detail = outcome.rejection.reason, outcome.rejection.detail
+            print(json.dumps({"rejected": reason, "detail": detail, "path": str(path)}))
+        else:
+            print(json.dumps(outcome.finding))
     return status
 
 

@@ -10,8 +10,10 @@ tested and fuzzed with plain bytes. Anything it cannot turn into frames raises
 * ``no_pixel_data``: a valid dataset without an image (reports, RT plans, waveforms);
 * ``unsupported_transfer_syntax``: no installed decoder handles the syntax;
 * ``decode_error``: a decoder failed on the pixel data;
-* ``integrity_error``: a complete pixel data element shorter than rows x columns x frames x
-  bits, or a frame that is constant or not finite.
+* ``unsupported_image``: valid, but smaller than :data:`MIN_SIDE` pixels on a side;
+* ``integrity_error``: a SOP, study or series UID that is not a DICOM UID, a complete pixel
+  data element shorter than rows x columns x frames x bits, or a frame that is constant or not
+  finite.
 
 Colour is reduced to luminance (ITU-R BT.601 weights for RGB, the Y plane for YBR, palette
 colour through its LUT), MONOCHROME1 is inverted so that bright means dense everywhere, integer
@@ -31,9 +33,10 @@ worker.errors.Rejection: not_dicom: not a DICOM dataset (no DICM preamble and no
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -90,6 +93,12 @@ class InstanceMeta:
 class DecodedInstance:
     meta: InstanceMeta
     frames: npt.NDArray[np.float32]  # (frames, rows, columns), modality units
+
+
+# Filters, edges and features need a neighbourhood: smaller images are valid DICOM the
+# analysis cannot handle (``unsupported_image``).
+MIN_SIDE: Final = 8
+_UID: Final = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def decode(data: bytes, limits: Limits = Limits()) -> DecodedInstance:
@@ -183,6 +192,17 @@ def _pixels(ds: Dataset, limits: Limits) -> tuple[InstanceMeta, np.ndarray]:
         )
     if not str(ds.get("SOPInstanceUID", "")).strip():
         raise Rejection("integrity_error", "no SOPInstanceUID: a finding could not name the image")
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        uid = str(ds.get(keyword, "") or "")
+        if uid and not (len(uid) <= 64 and _UID.fullmatch(uid)):
+            # A finding names the instance by its UIDs; one that is not a UID (seen: 64 hex
+            # digits) would break the finding contract and every join downstream.
+            raise Rejection("integrity_error", f"{keyword} is not a DICOM UID (PS3.5 9.1)")
+    if rows < MIN_SIDE or cols < MIN_SIDE:
+        raise Rejection(
+            "unsupported_image",
+            f"{rows}x{cols} pixels: the analysis needs at least {MIN_SIDE}x{MIN_SIDE}",
+        )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if "PixelData" in ds and ts in _NATIVE_SYNTAXES:
         if photometric == "YBR_FULL_422":

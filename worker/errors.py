@@ -2,8 +2,13 @@
 
 Every error the worker raises on purpose derives from :class:`ScanStreamError`. Errors about one
 event are :class:`Rejection` and carry a reason code from :data:`REASONS`; the runtime turns them
-into dead letters. Library errors are wrapped with ``raise Rejection(...) from exc`` so the cause
-is kept for the log while the dead letter carries only the reason and a short detail.
+into dead letters. The codes added for hostile input: ``unsupported_image`` (valid DICOM the
+analysis cannot handle, e.g. smaller than 8x8 pixels), ``timeout`` (the per-event time budget ran
+out), ``result_refused`` (the broker refused this event's finding for good, e.g. too large) and
+``contract_violation`` (the finding or alert would break its own schema). ``internal_error`` is
+kept for our own bugs: the test suite fails on any. Library errors are wrapped with
+``raise Rejection(...) from exc`` so the cause is kept for the log while the dead letter
+carries only the reason and a short detail.
 
 >>> err = Rejection("not_dicom", "no DICM preamble")
 >>> err.reason, str(err)
@@ -24,6 +29,10 @@ Reason = Literal[
     "too_large",
     "schema_error",
     "fetch_error",
+    "unsupported_image",
+    "timeout",
+    "result_refused",
+    "contract_violation",
     "internal_error",
 ]
 REASONS: Final[tuple[str, ...]] = get_args(Reason)

@@ -48,6 +48,10 @@ STAGES: Final[tuple[str, ...]] = (
     "commit",
 )
 OUTCOMES: Final[tuple[str, ...]] = ("finding", "dead_letter")
+# Why results were sent again: a produce the broker did not acknowledge (sent again alone), a
+# result the broker refused for good (sent as a dead letter instead), an aborted transaction
+# (all of it sent again), a commit that failed (its events are replayed by whoever owns them).
+REPLAY_CAUSES: Final[tuple[str, ...]] = ("produce", "refused", "transaction", "commit")
 SEVERITIES: Final[tuple[str, ...]] = ("low", "medium", "high", "critical")
 
 # The end-to-end target is 50 ms: buckets are dense around it so p99 is read off well.
@@ -127,6 +131,12 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self._replays = Counter(
+            "scanstream_replays_total",
+            "Times results were sent again or events will be replayed, by cause.",
+            ["cause"],
+            registry=r,
+        )
         self._in_flight = Gauge(
             "scanstream_in_flight_events",
             "Events polled but not yet committed.",
@@ -159,6 +169,14 @@ class Metrics:
             self._events.labels("dead_letter", reason)
         for severity in SEVERITIES:
             self._alerts.labels(severity)
+        for cause in REPLAY_CAUSES:
+            self._replays.labels(cause)
+
+    def count_replay(self, cause: str) -> None:
+        """Count one resend or replay (``produce``, ``refused``, ``transaction``, ``commit``)."""
+        if cause not in REPLAY_CAUSES:
+            raise ValueError(f"unknown replay cause {cause!r}; expected one of {REPLAY_CAUSES}")
+        self._replays.labels(cause).inc()
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Record ``seconds`` spent in ``stage``; an unknown stage is a typo and raises."""
@@ -248,28 +266,42 @@ class Metrics:
 class Health:
     """Liveness and readiness, shared between the consumer loop and the HTTP server.
 
-    Alive means the loop called :meth:`beat` recently (a wedged loop stops beating); ready means
-    the worker has its models and partitions and can take traffic. ``clock`` is injectable so
-    tests need not sleep.
+    Alive means two things. The loop called :meth:`beat` recently (a wedged loop stops beating).
+    And it is not stalled: while records wait (:meth:`set_backlog` above zero), some offset was
+    committed (:meth:`progress`) within ``stall_timeout_s``; a partition stuck behind a broker
+    that refuses every produce, or a model that never returns, turns ``/healthz`` red with the
+    reason, so an orchestrator restarts the worker. Ready means the worker has its models and
+    partitions and can take traffic. ``clock`` is injectable so tests need not sleep.
 
     >>> now = [100.0]
-    >>> h = Health(clock=lambda: now[0])
+    >>> h = Health(clock=lambda: now[0], stall_timeout_s=60)
     >>> h.alive(), h.ready()
     (True, False)
     >>> now[0] += 31
-    >>> h.alive()
-    False
+    >>> h.status()
+    (False, 'the loop has not polled for 31 s')
     >>> h.beat(); h.set_ready(True)
     >>> h.alive(), h.ready()
     (True, True)
+    >>> h.set_backlog(12); h.note_problem("KafkaTimeoutError"); now[0] += 61; h.beat()
+    >>> h.status()[1]  # doctest: +ELLIPSIS
+    'stalled: no offset committed for 61 s while 12 records wait (last error: ...)'
+
+    >>> h.progress(); h.status()
+    (True, 'ok')
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, stall_timeout_s: float = 120.0
+    ) -> None:
         self._clock = clock
+        self._stall_timeout_s = stall_timeout_s
         self._lock = threading.Lock()
         # Start counted as a beat, so a worker is alive while it loads models and joins the group.
-        self._last_beat = clock()
+        self._last_beat = self._last_progress = clock()
         self._ready = False
+        self._backlog = 0
+        self._problem = ""
 
     def beat(self) -> None:
         """Note that the loop is making progress (call it on every poll)."""
@@ -277,16 +309,51 @@ class Health:
         with self._lock:
             self._last_beat = now
 
+    def progress(self) -> None:
+        """Note that offsets were committed: the partitions move."""
+        now = self._clock()
+        with self._lock:
+            self._last_progress = now
+            self._problem = ""
+
+    def set_backlog(self, records: int) -> None:
+        """How many records wait: in flight plus the assigned partitions' lag. While it is zero
+        nothing can be stalled (an idle worker commits nothing and is healthy)."""
+        now = self._clock()
+        with self._lock:
+            if self._backlog == 0 and records > 0:
+                self._last_progress = now  # waiting starts now, not at the last commit
+            self._backlog = max(0, records)
+
+    def note_problem(self, text: str) -> None:
+        """The last error that keeps offsets from moving (shown while stalled)."""
+        with self._lock:
+            self._problem = " ".join(text.split())[:200]
+
     def set_ready(self, ready: bool) -> None:
         """Say whether the worker can take traffic."""
         with self._lock:
             self._ready = ready
 
-    def alive(self, max_silence_s: float = 30.0) -> bool:
-        """Whether the last beat is at most ``max_silence_s`` seconds old."""
+    def status(self, max_silence_s: float = 30.0) -> tuple[bool, str]:
+        """(alive, why): why is 'ok' or the reason it is not."""
         now = self._clock()
         with self._lock:
-            return now - self._last_beat <= max_silence_s
+            silent = now - self._last_beat
+            if silent > max_silence_s:
+                return False, f"the loop has not polled for {silent:.0f} s"
+            stuck = now - self._last_progress
+            if self._backlog > 0 and stuck > self._stall_timeout_s:
+                why = f" (last error: {self._problem})" if self._problem else ""
+                return False, (
+                    f"stalled: no offset committed for {stuck:.0f} s while {self._backlog} "
+                    f"records wait{why}"
+                )
+            return True, "ok"
+
+    def alive(self, max_silence_s: float = 30.0) -> bool:
+        """Whether the loop beats and is not stalled (see :meth:`status`)."""
+        return self.status(max_silence_s)[0]
 
     def ready(self) -> bool:
         """Whether the worker said it can take traffic."""
@@ -339,7 +406,8 @@ def serve(
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` from a daemon thread.
 
     ``port`` 0 binds an ephemeral port (see :attr:`MetricsServer.port`). ``/healthz`` answers 503
-    once the loop has not beaten for ``max_silence_s`` seconds.
+    with the reason in the body once the loop has not beaten for ``max_silence_s`` seconds or is
+    stalled (see :class:`Health`).
 
     >>> import http.client
     >>> with serve(Metrics(), Health(), "127.0.0.1", 0) as srv:
@@ -358,8 +426,8 @@ def serve(
             if path == "/metrics":
                 self._reply(200, metrics.render(), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                ok = health.alive(max_silence_s)
-                self._reply(200 if ok else 503, b"ok\n" if ok else b"stalled\n")
+                ok, why = health.status(max_silence_s)
+                self._reply(200 if ok else 503, why.encode() + b"\n")
             elif path == "/readyz":
                 ok = health.ready()
                 self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")

@@ -1,38 +1,53 @@
-"""The data path of one event as plain functions: fetch, decode, imaging, inference, finding.
+"""The data path of one event as plain functions, and their one composition.
 
-Nothing here knows about Kafka. :func:`prepare` does the per-event CPU work (decode and image
-analysis of every frame) and raises :class:`~worker.errors.Rejection` for anything that cannot
-become a finding; inference is batched across events by the caller (the runtime's micro-batcher,
-or :func:`analyze` offline); :func:`build_finding` and :func:`build_alerts` produce the documents
-of ``schemas/finding.v1.json`` and ``schemas/alert.v1.json``.
+Nothing here knows about Kafka. :func:`prepare` does the per-event CPU work (fetch for reference
+events, decode, and image analysis of every frame) and raises
+:class:`~worker.errors.Rejection` for anything that cannot become a finding. :class:`Pipeline`
+composes the stages for a list of events (a poll's worth, or one file): it prepares each event
+under its time budget, runs inference over all their frames at once in chunks of
+``batch_max_size``, builds each finding and its alerts (:mod:`worker.findings`) and checks them
+against their schemas. The worker, ``scanstream analyze`` and the benchmark all use it, so what
+is measured and tested offline is what runs.
 
-A multi-frame instance is analysed frame by frame and yields one finding: features are averaged
-over frames, each model's classification is that of the frame with the highest lesion
-probability (reported with its index), and ``frames`` lists the first 64 frames' summaries.
+Every event ends in one :class:`Outcome`: a finding (with alerts) or a rejection with its reason.
+Errors from bad input are turned into their reasons where they arise (decode, fetch, imaging
+limits); an exception that still escapes a stage is our own bug and becomes ``internal_error``,
+logged with its traceback.
+
+The per-event time budget (``event_timeout_s``) starts when the event's preparation starts. It
+bounds the fetch (each attempt's deadline is at most what is left) and is checked between
+stages and between frames, so an event ends at most one stage of one frame past its budget; the
+size limits (``max_pixels``, ``max_frames``, ``max_message_bytes``) bound that one stage.
 
 >>> from worker.phantoms import ct_slice, encode_ct
 >>> from worker.contract import ScanEvent
 >>> from worker.inference import ModelSet
->>> event = ScanEvent("e1", 0.0, data=encode_ct(ct_slice(1, 64)))
->>> finding = analyze(event, ModelSet.load(), Settings())
->>> finding["frame_count"], finding["modality"], len(finding["classifications"])
-(1, 'CT', 2)
+>>> [outcome] = Pipeline(ModelSet.load(), Settings()).process(
+...     [ScanEvent("e1", 0.0, data=encode_ct(ct_slice(1, 64)))])
+>>> outcome.finding["frame_count"], outcome.finding["modality"], outcome.rejection
+(1, 'CT', None)
+>>> Pipeline(ModelSet.load(), Settings()).process([ScanEvent("e2", 0.0, data=b"x")])[0].reason
+'not_dicom'
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from worker.contract import ScanEvent, alert_id, finding_id, patient_key, rfc3339
+from worker.contract import ScanEvent, validation_errors
 from worker.dicom import InstanceMeta, Limits, decode
+from worker.errors import Rejection, TransientError
 from worker.fetch import fetch
+from worker.findings import build_alerts, build_finding
 from worker.imaging import (
     FEATURE_NAMES,
     FrameAnalysis,
@@ -43,7 +58,8 @@ from worker.imaging import (
 from worker.inference import ModelSet, Prediction, cnn_input
 from worker.settings import Settings
 
-MAX_FRAME_SUMMARIES = 64
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -60,8 +76,27 @@ class Prepared:
     thumbnail: str | None
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one event became: a finding and its alerts, or a rejection."""
+
+    event: ScanEvent
+    finding: dict[str, Any] | None = None
+    alerts: tuple[dict[str, Any], ...] = ()
+    rejection: Rejection | None = None
+
+    @property
+    def reason(self) -> str | None:
+        return None if self.rejection is None else self.rejection.reason
+
+
 def limits_of(settings: Settings) -> Limits:
     return Limits(settings.max_message_bytes, settings.max_pixels, settings.max_frames)
+
+
+def _check_budget(deadline: float | None, clock: Clock, stage: str, budget_s: float) -> None:
+    if deadline is not None and clock() > deadline:
+        raise Rejection("timeout", f"the event's time budget of {budget_s:g} s ran out in {stage}")
 
 
 def prepare(
@@ -69,23 +104,33 @@ def prepare(
     settings: Settings,
     imaging: ImagingConfig = ImagingConfig(),
     reader: Callable[..., bytes] = fetch,
+    deadline: float | None = None,
+    clock: Clock = time.monotonic,
 ) -> Prepared:
-    """Fetch (reference events), decode and analyse every frame. Raises Rejection/TransientError."""
+    """Fetch (reference events), decode and analyse every frame. Raises Rejection/TransientError.
+
+    ``deadline`` (on ``clock``) is the event's budget: checked between stages and frames, and no
+    fetch may run past it.
+    """
+    budget = settings.event_timeout_s
     timings: dict[str, float] = {}
     data = event.data
     if data is None:
+        timeout_s = settings.fetch_timeout_s
+        if deadline is not None:
+            timeout_s = min(timeout_s, deadline - clock())
+            _check_budget(deadline, clock, "fetch", budget)
         t0 = time.perf_counter()
-        data = reader(
-            event.uri or "",
-            settings.max_message_bytes,
-            settings.fetch_timeout_s,
-            event.expected_sha256,
-        )
+        data = reader(event.uri or "", settings.max_message_bytes, timeout_s, event.expected_sha256)
         timings["fetch"] = (time.perf_counter() - t0) * 1e3
+    _check_budget(deadline, clock, "fetch", budget)
     t0 = time.perf_counter()
     instance = decode(data, limits_of(settings))
     timings["decode"] = (time.perf_counter() - t0) * 1e3
-    analyses = [analyze_frame(frame, instance.meta.modality, imaging) for frame in instance.frames]
+    analyses = []
+    for index, frame in enumerate(instance.frames):
+        _check_budget(deadline, clock, f"the analysis of frame {index}", budget)
+        analyses.append(analyze_frame(frame, instance.meta.modality, imaging))
     for stage in ("filter", "edges", "features"):
         timings[stage] = sum(a.timings_ms.get(stage, 0.0) for a in analyses)
     frames = instance.frames
@@ -120,126 +165,125 @@ def _strongest_frame(analyses: Sequence[FrameAnalysis]) -> int:
     return int(np.argmax(densities))
 
 
-def _bbox(analyses: Sequence[FrameAnalysis]) -> dict[str, int] | None:
-    boxes = [(i, a.edge_bbox) for i, a in enumerate(analyses) if a.edge_bbox is not None]
-    if not boxes:
-        return None
-    frame, (x, y, w, h) = max(boxes, key=lambda item: item[1][2] * item[1][3])  # type: ignore[index]
-    return {"frame": frame, "x": x, "y": y, "width": max(1, w), "height": max(1, h)}
+@dataclass
+class _Inference:
+    predictions: list[Prediction] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=lambda: {"cnn": 0.0, "svm": 0.0})
 
 
-def build_finding(
-    prepared: Prepared,
-    predictions: Sequence[Prediction],
-    inference_ms: dict[str, float],
-    models: ModelSet,
-    settings: Settings,
-    source: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The finding.v1 document for one prepared event and its per-frame predictions."""
-    t0 = time.perf_counter()
-    meta = prepared.meta
-    infos = models.model_infos()
-    per_frame = [prediction.to_classifications() for prediction in predictions]
-    per_model: dict[str, dict[str, Any]] = {}
-    for index, classifications in enumerate(per_frame):
-        for cls in classifications:
-            best = per_model.get(cls["model"])
-            if best is None or cls["probability"] > best["probability"]:
-                per_model[cls["model"]] = {**cls, "frame": index}
-    density_index = FEATURE_NAMES.index("edge_density")
-    frames = [
-        {
-            "index": i,
-            "lesion_probability": float(max(c["probability"] for c in classifications)),
-            "edge_density": float(a.features[density_index]),
-        }
-        for i, (classifications, a) in enumerate(zip(per_frame, prepared.analyses, strict=True))
-    ][:MAX_FRAME_SUMMARIES]
-    mean_features = prepared.features.astype(np.float64).mean(axis=0)
-    lows, highs = zip(*(a.canny_thresholds for a in prepared.analyses), strict=True)
-    timings = {
-        **prepared.timings_ms,
-        **{k: v for k, v in inference_ms.items() if k in ("cnn", "svm")},
-    }
-    now = time.time()
-    timings["finding"] = (time.perf_counter() - t0) * 1e3
-    finding: dict[str, Any] = {
-        "schema": "scanstream.finding.v1",
-        "finding_id": finding_id(meta.sop_uid, [(m["name"], m["version"]) for m in infos]),
-        "event_id": prepared.event.event_id,
-        "study_instance_uid": meta.study_uid or None,
-        "series_instance_uid": meta.series_uid or None,
-        "sop_instance_uid": meta.sop_uid,
-        "patient_key": patient_key(meta.patient_id, settings.pseudonym_key.reveal()),
-        "modality": meta.modality,
-        "transfer_syntax": meta.transfer_syntax,
-        "rows": meta.rows,
-        "columns": meta.columns,
-        "frame_count": len(prepared.analyses),
-        "image": prepared.image,
-        "edges": {
-            "feature_names": list(FEATURE_NAMES),
-            "features": [round(float(v), 6) for v in mean_features],
-            "edge_density": float(mean_features[density_index]),
-            "canny_thresholds": [float(np.mean(lows)), float(np.mean(highs))],
-            "strongest_edge_bbox": _bbox(prepared.analyses),
-            "thumbnail": prepared.thumbnail,
-        },
-        "frames": frames,
-        "classifications": list(per_model.values()),
-        "models": infos,
-        "timings_ms": {k: round(max(0.0, v), 3) for k, v in timings.items()},
-        "latency_ms": round(max(0.0, (now - prepared.event.sent_at) * 1e3), 3),
-        "sent_at": rfc3339(prepared.event.sent_at),
-        "produced_at": rfc3339(now),
-        "worker_id": settings.worker_id,
-    }
-    if source is not None:
-        finding["source"] = source
-    return finding
+class Pipeline:
+    """The one composition of the stages: events in, one :class:`Outcome` per event out.
 
+    ``reader``, ``clock`` and ``sleep`` are injectable for tests (a reader that never answers,
+    a clock that jumps past the budget).
+    """
 
-def build_alerts(finding: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
-    """alert.v1 documents for every rule that the finding's classifications meet."""
-    alerts = []
-    for rule in settings.alert_rules:
-        if rule.modality and rule.modality != finding["modality"]:
-            continue
-        hits = [
-            c
-            for c in finding["classifications"]
-            if c["label"] == rule.label and c["probability"] >= rule.threshold
-        ]
-        if not hits:
-            continue
-        top = max(hits, key=lambda c: c["probability"])
-        alerts.append(
-            {
-                "schema": "scanstream.alert.v1",
-                "alert_id": alert_id(
-                    finding["finding_id"], rule.label, rule.threshold, rule.modality
-                ),
-                "finding_id": finding["finding_id"],
-                "event_id": finding["event_id"],
-                "study_instance_uid": finding["study_instance_uid"],
-                "series_instance_uid": finding["series_instance_uid"],
-                "sop_instance_uid": finding["sop_instance_uid"],
-                "modality": finding["modality"],
-                "label": rule.label,
-                "probability": top["probability"],
-                "model": top["model"],
-                "severity": rule.severity,
-                "rule": {
-                    "label": rule.label,
-                    "threshold": rule.threshold,
-                    "modality": rule.modality,
-                },
-                "raised_at": rfc3339(time.time()),
-                "worker_id": finding["worker_id"],
-            }
-        )
-    return alerts
+    def __init__(
+        self,
+        models: ModelSet,
+        settings: Settings,
+        imaging: ImagingConfig = ImagingConfig(),
+        reader: Callable[..., bytes] = fetch,
+        clock: Clock = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.models, self.settings, self.imaging = models, settings, imaging
+        self._reader, self._clock, self._sleep = reader, clock, sleep
+
+    def process(
+        self, events: Sequence[ScanEvent], sources: Sequence[dict[str, Any] | None] | None = None
+    ) -> list[Outcome]:
+        """One outcome per event, in order. ``sources`` (topic, partition, offset) go into the
+        findings. Never raises for an event's sake."""
+        staged: list[Prepared | Rejection] = [self._prepare(event) for event in events]
+        inferred = self._infer([p for p in staged if isinstance(p, Prepared)])
+        outcomes = []
+        for i, item in enumerate(staged):
+            source = sources[i] if sources is not None else None
+            if isinstance(item, Rejection):
+                outcomes.append(Outcome(events[i], rejection=item))
+            else:
+                outcomes.append(self._document(item, inferred.get(id(item)), source))
+        return outcomes
+
+    def _prepare(self, event: ScanEvent) -> Prepared | Rejection:
+        deadline = self._clock() + self.settings.event_timeout_s
+        attempts = self.settings.fetch_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return prepare(
+                    event, self.settings, self.imaging, self._reader, deadline, self._clock
+                )
+            except Rejection as exc:
+                return exc
+            except TransientError as exc:
+                if attempt == attempts:
+                    return Rejection(exc.reason, f"after {attempts} attempts: {exc.detail}")
+                # Exponential backoff with full jitter, within what is left of the budget.
+                pause = random.uniform(0, min(5.0, 0.2 * 2**attempt))
+                if self._clock() + pause >= deadline:
+                    return Rejection("timeout", f"budget ran out retrying: {exc.detail}")
+                self._sleep(pause)
+            except Exception as exc:
+                log.exception("internal error preparing event %s", event.event_id)
+                return Rejection("internal_error", f"{type(exc).__name__}: {exc}")
+        raise AssertionError("unreachable")
+
+    def _infer(self, prepared: Sequence[Prepared]) -> dict[int, _Inference | Rejection]:
+        """Every frame of every prepared event through the models, ``batch_max_size`` at a time;
+        each event is charged its share of each chunk's time."""
+        out: dict[int, _Inference | Rejection] = {id(p): _Inference() for p in prepared}
+        owners = [p for p in prepared for _ in p.analyses]
+        if not owners:
+            return out
+        cnn = np.concatenate([p.cnn_inputs for p in prepared])
+        feats = np.concatenate([p.features for p in prepared])
+        size = self.settings.batch_max_size
+        try:
+            for start in range(0, len(owners), size):
+                chunk = slice(start, start + size)
+                predictions, timings = self.models.predict(cnn[chunk], feats[chunk])
+                share = 1.0 / len(predictions)
+                for owner, prediction in zip(owners[chunk], predictions, strict=True):
+                    result = out[id(owner)]
+                    assert isinstance(result, _Inference)
+                    result.predictions.append(prediction)
+                    for model, ms in timings.items():
+                        result.timings_ms[model] = result.timings_ms.get(model, 0.0) + ms * share
+        except Exception as exc:
+            log.exception("inference failed for a batch of %d frames", len(owners))
+            failed = Rejection("internal_error", f"inference: {type(exc).__name__}: {exc}")
+            return {id(p): failed for p in prepared}
+        return out
+
+    def _document(
+        self,
+        prepared: Prepared,
+        inferred: _Inference | Rejection | None,
+        source: dict[str, Any] | None,
+    ) -> Outcome:
+        event = prepared.event
+        if not isinstance(inferred, _Inference):
+            return Outcome(event, rejection=inferred or Rejection("internal_error", "no result"))
+        try:
+            finding = build_finding(
+                prepared,
+                inferred.predictions,
+                inferred.timings_ms,
+                self.models,
+                self.settings,
+                source,
+            )
+            alerts = build_alerts(finding, self.settings)
+        except Exception as exc:
+            log.exception("internal error building the finding of event %s", event.event_id)
+            return Outcome(event, rejection=Rejection("internal_error", f"{exc!r}"))
+        for name, document in [("finding.v1", finding), *(("alert.v1", a) for a in alerts)]:
+            errors = validation_errors(name, document)
+            if errors:
+                detail = f"the {name} document would break its schema: {'; '.join(errors[:3])}"
+                return Outcome(event, rejection=Rejection("contract_violation", detail))
+        return Outcome(event, finding=finding, alerts=tuple(alerts))
 
 
 def analyze(
@@ -249,6 +293,11 @@ def analyze(
     imaging: ImagingConfig = ImagingConfig(),
 ) -> dict[str, Any]:
     """The whole pipeline for one event, synchronously (offline analysis). Raises Rejection."""
-    prepared = prepare(event, settings, imaging)
-    predictions, timings = models.predict(prepared.cnn_inputs, prepared.features)
-    return build_finding(prepared, predictions, timings, models, settings)
+    [outcome] = Pipeline(models, settings, imaging).process([event])
+    if outcome.rejection is not None:
+        raise outcome.rejection
+    assert outcome.finding is not None
+    return outcome.finding
+
+
+__all__ = ["Outcome", "Pipeline", "Prepared", "analyze", "build_alerts", "build_finding"]

@@ -18,6 +18,8 @@ worker.errors.ConfigError: SCANSTREAM_MAX_FRAMES='zero' is not an integer; set i
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -124,14 +126,19 @@ class Settings:
     max_message_bytes: int = 16 * MiB
     max_pixels: int = 64 * MiB
     max_frames: int = 2000
-    # Dynamic micro-batching (Triton-style): flush at this size or after this delay.
+    # Inference runs over every frame of one poll at once, in chunks of at most this many.
     batch_max_size: int = 16
-    batch_max_delay_ms: float = 5.0
     poll_timeout_ms: int = 100
     max_poll_records: int = 64
     max_poll_interval_ms: int = 300_000
     fetch_attempts: int = 3
-    fetch_timeout_s: float = 10.0
+    fetch_timeout_s: float = 10.0  # whole-request deadline of one fetch attempt
+    # No record may take longer than this: past it, the event is a dead letter (timeout).
+    event_timeout_s: float = 60.0
+    # Start fails if the broker does not answer within this time (address and cause named).
+    connect_timeout_s: float = 30.0
+    # /healthz turns 503 when no offset was committed for this long while records wait.
+    stall_timeout_s: float = 120.0
     grace_period_s: float = 30.0
     metrics_port: int = 0  # 0: no HTTP server
     metrics_host: str = "127.0.0.1"
@@ -155,11 +162,15 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SCANSTREAM_{name.upper()} must be at least 1")
-        if self.batch_max_delay_ms < 0 or self.grace_period_s <= 0 or self.fetch_timeout_s <= 0:
-            raise ConfigError(
-                "SCANSTREAM_BATCH_MAX_DELAY_MS must be >= 0, SCANSTREAM_GRACE_PERIOD_S and "
-                "SCANSTREAM_FETCH_TIMEOUT_S > 0"
-            )
+        for name in (
+            "grace_period_s",
+            "fetch_timeout_s",
+            "event_timeout_s",
+            "connect_timeout_s",
+            "stall_timeout_s",
+        ):
+            if not getattr(self, name) > 0:  # also refuses NaN
+                raise ConfigError(f"SCANSTREAM_{name.upper()} must be a number of seconds > 0")
         if self.delivery not in DELIVERY_MODES:
             raise ConfigError(
                 f"SCANSTREAM_DELIVERY={self.delivery!r}: use one of {', '.join(DELIVERY_MODES)}"
@@ -174,6 +185,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``env`` (default: ``os.environ``) and explicit overrides."""
         env = os.environ if env is None else env
+        _refuse_unknown(env)
         values: dict[str, Any] = {}
         for f in fields(cls):
             key = f"SCANSTREAM_{f.name.upper()}"
@@ -219,6 +231,32 @@ class Settings:
         return out
 
 
+# SCANSTREAM_* variables that are not settings fields but belong to the project: where the local
+# broker keeps its state and jars (worker/broker.py).
+OTHER_VARIABLES: Final = ("SCANSTREAM_BROKER_DIR", "SCANSTREAM_CACHE")
+
+
+def known_variables() -> tuple[str, ...]:
+    """Every ``SCANSTREAM_*`` variable the project reads."""
+    return (*(f"SCANSTREAM_{f.name.upper()}" for f in fields(Settings)), *OTHER_VARIABLES)
+
+
+def _refuse_unknown(env: Mapping[str, str]) -> None:
+    """A misspelt variable would be silently ignored; fail and name the closest known one.
+
+    >>> _refuse_unknown({"SCANSTREAM_DELIVRY": "exactly-once"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    worker.errors.ConfigError: unknown variable SCANSTREAM_DELIVRY; did you mean SCANSTREAM_DELI...
+    """
+    known = known_variables()
+    for key in sorted(env):
+        if key.startswith("SCANSTREAM_") and key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else "see the README's configuration table"
+            raise ConfigError(f"unknown variable {key}; {hint}")
+
+
 def _parse(name: str, key: str, raw: str, annotation: Any) -> Any:
     text = str(annotation)
     if name == "alert_rules":
@@ -242,7 +280,10 @@ def _parse(name: str, key: str, raw: str, annotation: Any) -> Any:
             ) from exc
     if text == "float":
         try:
-            return float(raw)
+            number = float(raw)
         except ValueError as exc:
             raise ConfigError(f"{key}={raw!r} is not a number") from exc
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}={raw!r} is not a finite number")
+        return number
     return raw

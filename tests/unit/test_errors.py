@@ -16,6 +16,10 @@ def test_reason_codes_are_the_contract() -> None:
         "too_large",
         "schema_error",
         "fetch_error",
+        "unsupported_image",
+        "timeout",
+        "result_refused",
+        "contract_violation",
         "internal_error",
     }
 

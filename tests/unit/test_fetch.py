@@ -18,8 +18,10 @@ BODY = b"DICM-ish bytes" * 100
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        code = {"/ok": 200, "/missing": 404, "/busy": 503}.get(self.path, 404)
+        code = {"/ok": 200, "/accept": 200, "/missing": 404, "/busy": 503}.get(self.path, 404)
         body = BODY if code == 200 else b"no"
+        if self.path == "/accept":  # echoes what the reader asked for
+            body = self.headers.get("Accept", "").encode()
         self.send_response(code)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -54,6 +56,12 @@ def test_http_fetch_and_its_failures(server: str) -> None:
         fetch(f"{server}/missing", 10_000, 5)
     with pytest.raises(TransientError, match="HTTP 503"):
         fetch(f"{server}/busy", 10_000, 5)
+
+
+def test_http_asks_for_the_part_10_object(server: str) -> None:
+    # WADO-RS answers multipart/related unless asked for application/dicom.
+    accept = fetch(f"{server}/accept", 10_000, 5)
+    assert accept == b"application/dicom, multipart/related; type=application/dicom"
 
 
 def test_file_fetch_and_schemes(tmp_path: Path) -> None:

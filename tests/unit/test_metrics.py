@@ -211,7 +211,7 @@ def test_known_label_values_exist_before_the_first_event() -> None:
 
 def test_labels_carry_no_identifiers(metrics: Metrics) -> None:
     allowed = {"stage", "outcome", "reason", "severity", "topic", "partition", "le"}
-    allowed |= {"name", "version", "provider", "python"}
+    allowed |= {"name", "version", "provider", "python", "cause"}
     names = {label for f in metrics.registry.collect() for s in f.samples for label in s.labels}
     assert names <= allowed
 

@@ -1,4 +1,4 @@
-"""Images per second of the CNN and the SVM at batch sizes 1, 8 and 32, and of the micro-batcher.
+"""Images per second of the CNN and the SVM at batch sizes 1, 8 and 32, and of batched inference.
 
 The workload is real: :func:`worker.phantoms.ct_slice` phantoms (half with a lesion) analysed by
 :func:`worker.imaging.analyze_frame`, giving the CNN's 64x64 inputs and the SVM's feature
@@ -6,8 +6,9 @@ vectors. Each case runs once to warm up (onnxruntime allocates lazily), then rep
 least ``min_seconds``; the rate is frames / elapsed wall time of the model call alone. The
 provider reported is the one the sessions really use (``ModelSet.provider``).
 
-``batcher_*`` submits ``4 * max_batch`` frames at once through :class:`MicroBatcher` with the
-worker's default limits (16 frames, 5 ms) and runs both models: the rate a busy worker gets.
+``batched_*`` runs both models over ``4 * max_batch`` frames in chunks of ``max_batch`` (the
+worker's default, 16), as :class:`worker.pipeline.Pipeline` does for a poll: the rate a busy
+worker gets.
 
 >>> r = bench_inference(batch_sizes=(1, 2), min_seconds=0.01)
 >>> sorted(k for k in r if k.startswith("cnn_img_s"))
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from worker.imaging import analyze_frame
-from worker.inference import MicroBatcher, ModelSet, cnn_input
+from worker.inference import ModelSet, cnn_input
 from worker.phantoms import ct_slice, random_lesion
 
 
@@ -56,9 +57,8 @@ def bench_inference(
     batch_sizes: Sequence[int] = (1, 8, 32),
     min_seconds: float = 1.0,
     max_batch: int = 16,
-    max_delay_ms: float = 5.0,
 ) -> dict[str, Any]:
-    """Frames per second per model and batch size, the micro-batcher's rate, the provider."""
+    """Frames per second per model and batch size, the batched rate, the provider."""
     models = ModelSet.load(models_dir)
     images, features = _workload(max(batch_sizes))
     out: dict[str, Any] = {"provider": models.provider, "provider_note": models.provider_note}
@@ -68,21 +68,16 @@ def bench_inference(
         out[f"cnn_img_s_b{b}"] = round(_rate(cnn, b, min_seconds), 1)
         out[f"svm_img_s_b{b}"] = round(_rate(svm, b, min_seconds), 1)
     n = 4 * max_batch
-    sizes: list[int] = []
-    with MicroBatcher(
-        models, max_batch, max_delay_ms, on_batch=lambda size, _t: sizes.append(size)
-    ) as batcher:
+    big_images = np.concatenate([images] * (n // len(images) + 1))[:n]
+    big_features = np.concatenate([features] * (n // len(features) + 1))[:n]
 
-        def burst() -> None:
-            futures = [
-                batcher.submit(images[i % len(images)], features[i % len(images)]) for i in range(n)
-            ]
-            for future in futures:
-                future.result()
+    def batched() -> None:
+        for start in range(0, n, max_batch):
+            models.predict(
+                big_images[start : start + max_batch], big_features[start : start + max_batch]
+            )
 
-        out["batcher_img_s"] = round(_rate(burst, n, min_seconds), 1)
-    out["batcher_max_batch"] = max_batch
-    out["batcher_max_delay_ms"] = max_delay_ms
-    out["batcher_mean_batch"] = round(sum(sizes) / len(sizes), 2)
+    out["batched_img_s"] = round(_rate(batched, n, min_seconds), 1)
+    out["batched_max_batch"] = max_batch
     out["models"] = ", ".join(f"{i['name']} {i['version']}" for i in models.model_infos())
     return out

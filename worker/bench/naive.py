@@ -1,8 +1,7 @@
 """The benchmark's baseline: a Kafka worker as it is commonly first written.
 
-One record per poll, processed with the very same pipeline functions as the real worker
-(:func:`~worker.pipeline.prepare`, :meth:`~worker.inference.ModelSet.predict`,
-:func:`~worker.pipeline.build_finding`, :func:`~worker.pipeline.build_alerts`), each output sent
+One record per poll, processed by the very same pipeline as the real worker
+(:class:`~worker.pipeline.Pipeline`, one event at a time), each output sent
 with ``producer.send(...).get()`` (one broker round trip per message), then a synchronous commit
 per record: no micro-batching of inference, no pipelining of produce, no batched commits. It
 uses the project's client factories (``acks=all``, idempotent producer, manual commits), so the
@@ -24,38 +23,41 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from worker.contract import dead_letter_headers, parse_event
+from worker.contract import ScanEvent, dead_letter_headers, parse_event
 from worker.errors import Rejection
 from worker.inference import ModelSet
-from worker.pipeline import build_alerts, build_finding, prepare
+from worker.pipeline import Outcome, Pipeline
 from worker.runtime import kafka as kafka_clients
+from worker.runtime.kafka import wire_headers
 from worker.settings import Settings
 
 _JSON = [("content-type", b"application/json")]
 
 
-def handle(record: Any, settings: Settings, models: ModelSet, producer: Any) -> bool:
+def handle(record: Any, settings: Settings, pipeline: Pipeline, producer: Any) -> bool:
     """Process one record and wait for its outputs to be acknowledged; True for a finding."""
     default_id = f"{record.topic}-{record.partition}-{record.offset}"
     headers = record.headers or []
     try:
         event = parse_event(record.value, headers, default_id, record.timestamp / 1e3)
-        prepared = prepare(event, settings)
-        predictions, timings = models.predict(prepared.cnn_inputs, prepared.features)
         source = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
-        finding = build_finding(prepared, predictions, timings, models, settings, source)
+        [outcome] = pipeline.process([event], [source])
     except Rejection as exc:
+        outcome = Outcome(ScanEvent(default_id, 0.0), rejection=exc)
+    if outcome.rejection is not None:
         where = (record.topic, record.partition, record.offset)
-        dlq = dead_letter_headers(headers, exc.reason, exc.detail, *where, time.time())
-        producer.send(settings.dlq_topic, key=record.key, value=record.value, headers=dlq).get(
-            timeout=settings.grace_period_s
+        dlq = dead_letter_headers(
+            headers, outcome.rejection.reason, outcome.rejection.detail, *where, time.time()
         )
+        producer.send(
+            settings.dlq_topic, key=record.key, value=record.value, headers=wire_headers(dlq)
+        ).get(timeout=settings.grace_period_s)
         return False
-    value = json.dumps(finding).encode()
+    value = json.dumps(outcome.finding).encode()
     producer.send(settings.findings_topic, key=record.key, value=value, headers=_JSON).get(
         timeout=settings.grace_period_s
     )
-    for alert in build_alerts(finding, settings):
+    for alert in outcome.alerts:
         producer.send(
             settings.alerts_topic, key=record.key, value=json.dumps(alert).encode(), headers=_JSON
         ).get(timeout=settings.grace_period_s)
@@ -67,6 +69,7 @@ def run_naive(settings: Settings, bootstrap: str, stop: threading.Event) -> int:
     models = ModelSet.load(
         Path(settings.models_dir) if settings.models_dir else None, settings.require_gpu
     )
+    pipeline = Pipeline(models, settings)
     consumer = kafka_clients.consumer(bootstrap, settings, topics=[settings.events_topic])
     producer = kafka_clients.producer(bootstrap, settings)
     handled = 0
@@ -75,7 +78,7 @@ def run_naive(settings: Settings, bootstrap: str, stop: threading.Event) -> int:
             batch = consumer.poll(timeout_ms=settings.poll_timeout_ms, max_records=1)
             for records in batch.values():
                 for record in records:
-                    handle(record, settings, models, producer)
+                    handle(record, settings, pipeline, producer)
                     consumer.commit()  # synchronous: one more round trip per record
                     handled += 1
     finally:

@@ -4,8 +4,8 @@ Workload (:func:`build_workload`): 512x512 16-bit CT-like phantoms (:mod:`worker
 deterministic seeds, every fourth with a lesion), half Explicit VR Little Endian and half RLE
 Lossless, plus the single-frame pydicom samples of :data:`SAMPLES` that this build decodes.
 
-Compute limit (:func:`compute_limit`): the same pipeline with no Kafka at all (``prepare`` +
-``ModelSet.predict`` + ``build_finding``, one event at a time) in fresh ``spawn`` processes with
+Compute limit (:func:`compute_limit`): the same pipeline with no Kafka at all
+(:class:`~worker.pipeline.Pipeline`, one event at a time) in fresh ``spawn`` processes with
 default threading, as the worker runs: once with one process and once with one per core, all
 processes started together behind a barrier. Images per second = frames / wall time, best of
 six windows: three before the end-to-end phases and three after them.
@@ -113,17 +113,17 @@ def _limit_child(
     """One compute-limit process: warm up, then ``windows`` runs of ``seconds``, each started
     together with the other processes' behind ``barrier``."""
     from worker.inference import ModelSet
-    from worker.pipeline import build_finding, prepare
+    from worker.pipeline import Pipeline
 
     models = ModelSet.load(
         Path(settings.models_dir) if settings.models_dir else None, settings.require_gpu
     )
+    pipeline = Pipeline(models, settings)
 
     def one(data: bytes) -> int:
-        prepared = prepare(ScanEvent("limit", time.time(), data=data), settings)
-        predictions, timings = models.predict(prepared.cnn_inputs, prepared.features)
-        build_finding(prepared, predictions, timings, models, settings)
-        return len(prepared.analyses)
+        [outcome] = pipeline.process([ScanEvent("limit", time.time(), data=data)])
+        assert outcome.finding is not None, outcome.rejection
+        return int(outcome.finding["frame_count"])
 
     for data in datas:  # warm-up: first-call allocations, ONNX Runtime's lazy initialisation
         one(data)

@@ -57,7 +57,6 @@ checks the hashes; ``scanstream models list`` shows what will load.
 ['lesion-cnn', 'lesion-svm']
 """
 
-from worker.inference.batching import MicroBatcher
 from worker.inference.cards import (
     DEMO_NOTICE,
     ModelCard,
@@ -69,7 +68,6 @@ from worker.inference.models import ModelSet, Prediction, cnn_input
 
 __all__ = [
     "DEMO_NOTICE",
-    "MicroBatcher",
     "ModelCard",
     "ModelSet",
     "Prediction",

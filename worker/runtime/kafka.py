@@ -1,19 +1,30 @@
-"""Kafka client construction and topic provisioning, in one place.
+"""Kafka client construction, the start-up probe and topic provisioning, in one place.
 
 Size limits are raised together (topic, producer, consumer) so that an event up to the
-configured ``max_message_bytes`` travels end to end; the local broker allows 32 MiB.
+configured ``max_message_bytes`` travels end to end; the local broker allows 32 MiB. The
+dead-letter topic allows one more MiB than the events topic, so that a record that reached the
+events topic still fits there with the error headers added.
+
+Nulls: Kafka carries records whose value, key or header values are null, and a dead letter must
+keep them so. kafka-python's ``send()`` refuses a record with neither key nor value and header
+values that are not bytes, although its record builder writes both. :data:`NULL` (as a value)
+and :data:`NULL_HEADER` (as a header value) pass those checks, and :class:`NullableSerializer`,
+which ``send()`` calls after its checks and before the record is built, turns them into nulls.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import socket
+import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from kafka.serializer import Serializer
 
 from worker import broker
 from worker.errors import BrokerError, ConfigError
@@ -21,6 +32,98 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 _HEADROOM = 1024 * 1024  # record overhead and headers on top of the value limit
+
+
+class _Null:
+    """The null value of a record (see the module docstring)."""
+
+    def __repr__(self) -> str:
+        return "NULL"
+
+
+class _NullHeader(bytes):
+    """A header value that goes on the wire as null (a bytes subclass, for ``send()``)."""
+
+
+NULL: Final = _Null()
+NULL_HEADER: Final = _NullHeader()
+
+
+class NullableSerializer(Serializer):  # type: ignore[misc]
+    """Values pass through as bytes; :data:`NULL` becomes a null value and every
+    :data:`NULL_HEADER` in the (per-send) header list a null header value."""
+
+    def serialize(self, topic: str, headers: list[tuple[str, bytes | None]], data: Any) -> Any:
+        for i, (name, value) in enumerate(headers):
+            if value is NULL_HEADER:
+                headers[i] = (name, None)
+        return None if data is NULL else data
+
+
+def wire_headers(headers: Iterable[tuple[str, bytes | None]]) -> list[tuple[str, bytes]]:
+    """A fresh header list for one ``send()``, nulls as :data:`NULL_HEADER` (the serializer
+    rewrites the list in place, so each send needs its own)."""
+    return [(name, NULL_HEADER if value is None else value) for name, value in headers]
+
+
+def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
+    """Return once the broker answers a metadata request; raise BrokerError naming the address
+    and the cause otherwise, within about ``timeout_s``.
+
+    >>> wait_for_broker("127.0.0.1:9", 1)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    worker.errors.BrokerError: Kafka at 127.0.0.1:9 did not answer within 1 s (...refused...); ...
+    """
+    deadline = time.monotonic() + timeout_s
+    cause = "no answer"
+    while True:
+        remaining = deadline - time.monotonic()
+        cause = _tcp_cause(bootstrap, max(0.2, min(remaining, 5.0))) or cause
+        if cause == "":
+            break
+        if time.monotonic() >= deadline:
+            raise BrokerError(
+                f"Kafka at {bootstrap} did not answer within {timeout_s:g} s ({cause}); "
+                "check KAFKA_BOOTSTRAP_SERVERS (or SCANSTREAM_BOOTSTRAP_SERVERS) and that the "
+                "broker is up and reachable, or raise SCANSTREAM_CONNECT_TIMEOUT_S"
+            )
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    # The port answers: a Kafka metadata round trip within what is left.
+    left_ms = int(max(1.0, deadline - time.monotonic()) * 1000)
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap, bootstrap_timeout_ms=left_ms, request_timeout_ms=left_ms
+        )
+    except Exception as exc:
+        raise BrokerError(
+            f"Kafka at {bootstrap} accepts connections but did not answer as a Kafka broker "
+            f"within {timeout_s:g} s ({type(exc).__name__}: {exc}); check the address and port "
+            "(and the security settings, if the broker needs TLS or SASL)"
+        ) from exc
+    admin.close()
+
+
+def _tcp_cause(bootstrap: str, timeout_s: float) -> str:
+    """'' if any bootstrap address accepts a TCP connection, else why none did."""
+    causes = []
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        host = host.strip("[]") or "localhost"
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout_s):
+                return ""
+        except ValueError:
+            causes.append(f"{address.strip()!r} is not host:port")
+        except socket.gaierror as exc:
+            causes.append(f"cannot resolve {host}: {exc.strerror}")
+        except ConnectionRefusedError:
+            causes.append(f"connection to {address.strip()} refused")
+        except TimeoutError:
+            causes.append(f"connection to {address.strip()} timed out")
+        except OSError as exc:
+            causes.append(f"{address.strip()}: {exc.strerror or exc}")
+    return "; ".join(causes) or "no address given"
 
 
 def resolve_bootstrap(settings: Settings, start_local: bool = True) -> tuple[str, bool]:
@@ -50,20 +153,40 @@ def ensure_topics(bootstrap: str, settings: Settings, partitions: int = 3) -> No
         settings.alerts_topic,
         settings.dlq_topic,
     ]
-    configs = {"max.message.bytes": str(settings.max_message_bytes + _HEADROOM)}
+    limit = settings.max_message_bytes + _HEADROOM
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=15000,
+            bootstrap_timeout_ms=int(settings.connect_timeout_s * 1000),
+        )
     except Exception as exc:
         raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
         existing = set(admin.list_topics())
         missing = [
-            NewTopic(n, partitions, 1, topic_configs=configs) for n in names if n not in existing
+            NewTopic(
+                n,
+                partitions,
+                1,
+                topic_configs={
+                    "max.message.bytes": str(limit + (_HEADROOM if n == settings.dlq_topic else 0))
+                },
+            )
+            for n in names
+            if n not in existing
         ]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
                 admin.create_topics(missing)
             log.info("created topics %s", [t.name for t in missing])
+    except BrokerError:
+        raise
+    except Exception as exc:
+        raise BrokerError(
+            f"cannot create or list the topics {', '.join(names)} at {bootstrap} "
+            f"({type(exc).__name__}: {exc}); create them beforehand or allow this client to"
+        ) from exc
     finally:
         admin.close()
 
@@ -76,7 +199,8 @@ def producer(bootstrap: str, settings: Settings, **extra: Any) -> KafkaProducer:
         linger_ms=2,
         # A restarted broker is found again within seconds, not the 30 s default backoff.
         reconnect_backoff_max_ms=2000,
-        max_request_size=settings.max_message_bytes + _HEADROOM,
+        max_request_size=settings.max_message_bytes + 2 * _HEADROOM,  # dead letters too
+        value_serializer=NullableSerializer(),
         **extra,
     )
 

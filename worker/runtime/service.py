@@ -16,7 +16,8 @@ from worker.errors import ModelError
 from worker.inference import ModelSet
 from worker.metrics import Health, Metrics, serve
 from worker.runtime import kafka as kafka_clients
-from worker.runtime.loop import RunStats, Worker
+from worker.runtime.loop import Worker
+from worker.runtime.observer import RunStats
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def start_worker(
     ``consumer_config`` overrides the consumer's defaults (the demo starts at the latest offset).
     """
     models = models or load_models(settings)
-    metrics, health = Metrics(), Health()
+    metrics, health = Metrics(), Health(stall_timeout_s=settings.stall_timeout_s)
     metrics.set_gpu_required(settings.require_gpu)
     for info in models.model_infos():
         metrics.set_model_info(info["name"], info["version"], info["execution_provider"])
@@ -60,6 +61,7 @@ def run_worker(
     # Local misconfiguration (models, GPU) fails before anything touches the network.
     models = load_models(settings)
     bootstrap, _ = kafka_clients.resolve_bootstrap(settings, start_local=True)
+    kafka_clients.wait_for_broker(bootstrap, settings.connect_timeout_s)
     kafka_clients.ensure_topics(bootstrap, settings)
     if processes > 1:
         return _run_many(settings.replace(bootstrap_servers=bootstrap), drain, processes)

@@ -28,6 +28,7 @@ from worker.bench.suite import build_workload, describe_workload, run_bench
 from worker.dicom import decode
 from worker.inference import ModelSet
 from worker.phantoms import ct_slice, encode_ct
+from worker.pipeline import Pipeline
 from worker.settings import Settings
 
 
@@ -215,7 +216,7 @@ def test_naive_waits_for_each_send(models: ModelSet) -> None:
     settings = Settings(findings_topic="f", dlq_topic="d", alert_rules=())
     producer = _Producer()
     record = _Record(encode_ct(ct_slice(2, 64)), [("event-id", b"e-1")])
-    assert handle(record, settings, models, producer) is True
+    assert handle(record, settings, Pipeline(models, settings), producer) is True
     assert producer.log == ["send", "get"]  # synchronous: acknowledged before returning
     topic, value, _ = producer.sent[0]
     finding = json.loads(value)
@@ -226,7 +227,8 @@ def test_naive_waits_for_each_send(models: ModelSet) -> None:
 def test_naive_dead_letters_what_is_not_dicom(models: ModelSet) -> None:
     settings = Settings(findings_topic="f", dlq_topic="d")
     producer = _Producer()
-    assert handle(_Record(b"not a dicom file"), settings, models, producer) is False
+    pipeline = Pipeline(models, settings)
+    assert handle(_Record(b"not a dicom file"), settings, pipeline, producer) is False
     topic, value, headers = producer.sent[0]
     assert topic == "d" and value == b"not a dicom file"
     assert any(k.endswith("reason") for k, _ in headers)

@@ -1,0 +1,98 @@
+"""Flow control: keep the consumer in its group while the loop cannot take new records.
+
+kafka-python's consumer is not thread-safe, so the loop thread owns it; compute runs on another
+thread. A member that does not poll for ``max_poll_interval_ms`` is evicted, and its
+partitions' next owner replays them. So while a batch is slow to compute, or its results wait
+for a broker that is away, every assigned partition is paused and the loop keeps polling: no
+records arrive, heartbeats and rebalances are served, and the member stays. Partitions are
+resumed once the batch is committed.
+
+A rebalance during such a wait may take partitions away. :attr:`revoked` collects them until
+the next :meth:`new_poll`, so that the delivery does not commit, or keep retrying, results of
+partitions that another member now replays.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, wait
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, TopicPartition
+
+from worker.metrics import Health, Metrics
+
+
+class FlowControl:
+    """Pause-and-poll waiting for one consumer (see the module docstring)."""
+
+    def __init__(self, consumer: Any, health: Health, max_poll_interval_ms: int) -> None:
+        self.consumer = consumer
+        self.health = health
+        # Heartbeats run on kafka-python's own thread; only the poll interval needs polls. So a
+        # normal batch just runs (no pause, no extra poll that could delay its commit).
+        self.patience_s = min(5.0, max_poll_interval_ms / 4000)
+        self.paused = False
+        self.revoked: set[TopicPartition] = set()
+
+    def new_poll(self) -> None:
+        """A new batch starts: revocations before it no longer concern it."""
+        self.revoked.clear()
+
+    def wait(self, work: Future[Any]) -> None:
+        """Return when ``work`` is done, polling paused while it takes longer than patience."""
+        if wait([work], timeout=self.patience_s).done:
+            return
+        self._pause()
+        try:
+            while not work.done():
+                self._poll_paused(0.02)
+        finally:
+            self.resume()
+
+    def idle(self, seconds: float) -> None:
+        """Wait ``seconds`` (a retry's backoff) without leaving the group."""
+        self._pause()
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._poll_paused(min(left, 0.1))
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.consumer.resume(*self.consumer.paused())
+
+    def _pause(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.consumer.pause(*self.consumer.assignment())
+
+    def _poll_paused(self, seconds: float) -> None:
+        self.health.beat()
+        stray = self.consumer.poll(timeout_ms=max(1, int(seconds * 1000)))
+        for tp, records in stray.items():  # cannot happen while paused; never drop them
+            self.consumer.seek(tp, min(r.offset for r in records))
+
+
+class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Keeps new partitions paused while the loop waits, and readiness, lag and
+    :attr:`FlowControl.revoked` truthful. Runs on kafka-python's network thread, where nothing
+    may block (no commit): a batch whose partitions go is not committed, and their next owner
+    replays it (at-least-once; in exactly-once mode its transaction is aborted)."""
+
+    def __init__(self, flow: FlowControl, metrics: Metrics) -> None:
+        self.flow, self.metrics = flow, metrics
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.flow.health.set_ready(False)
+        for tp in revoked:  # a partition we no longer own must not report stale lag
+            self.flow.revoked.add(tp)
+            self.metrics.remove_lag(tp.topic, tp.partition)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        if self.flow.paused and assigned:
+            self.flow.consumer.pause(*assigned)  # still busy: take nothing new yet
+        self.flow.health.set_ready(bool(assigned))
