@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -12,6 +13,32 @@ import pytest
 
 from worker.runtime import kafka as kafka_clients
 from worker.settings import Settings
+
+
+class _InternalErrors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("internal error"):
+            self.seen.append(message)
+
+
+@pytest.fixture(autouse=True)
+def no_internal_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """``internal_error`` is kept for our own bugs: any test in which the worker logs one fails,
+    unless it is marked ``internal_error_expected`` (it injects a bug on purpose)."""
+    handler = _InternalErrors()
+    logger = logging.getLogger("worker")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.seen and request.node.get_closest_marker("internal_error_expected") is None:
+        pytest.fail(f"the worker logged internal errors: {handler.seen[:3]}")
 
 
 @pytest.fixture(scope="session")

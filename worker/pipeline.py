@@ -251,7 +251,7 @@ class Pipeline:
                     for model, ms in timings.items():
                         result.timings_ms[model] = result.timings_ms.get(model, 0.0) + ms * share
         except Exception as exc:
-            log.exception("inference failed for a batch of %d frames", len(owners))
+            log.exception("internal error: inference failed for %d frames", len(owners))
             failed = Rejection("internal_error", f"inference: {type(exc).__name__}: {exc}")
             return {id(p): failed for p in prepared}
         return out

@@ -186,6 +186,8 @@ def test_every_record_shape_ends_in_exactly_one_result(
     # The reason for this limit: the run needs ~20 s here (the dripping server's two 2 s
     # deadlines included); 240 s is "it wedged", not "it was slow".
     output = _read_all(proc, timeout_s=240)
+    if proc.stdout is not None:
+        proc.stdout.close()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     peak_mib = usage.ru_maxrss / 1024  # Linux reports KiB

@@ -35,6 +35,26 @@ def test_misconfiguration_fails_fast_naming_the_variable() -> None:
     assert proc.returncode == 2 and "/nonexistent/models" in proc.stderr
 
 
+def test_a_broker_that_does_not_answer_fails_start_naming_address_and_cause() -> None:
+    import time
+
+    started = time.monotonic()
+    proc = scanstream(
+        "run", KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9", SCANSTREAM_CONNECT_TIMEOUT_S="2"
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Kafka at 127.0.0.1:9 did not answer within 2 s" in proc.stderr
+    assert "refused" in proc.stderr and "KAFKA_BOOTSTRAP_SERVERS" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - started < 60  # model loading included; never a hang
+
+
+def test_a_misspelt_variable_fails_start() -> None:
+    proc = scanstream("run", SCANSTREAM_DELIVRY="exactly-once")
+    assert proc.returncode == 2
+    assert "unknown variable SCANSTREAM_DELIVRY; did you mean SCANSTREAM_DELIVERY?" in proc.stderr
+
+
 def test_models_verify_passes_on_shipped_and_names_a_tampered_file(tmp_path: Path) -> None:
     ok = scanstream("models", "verify")
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import warnings
 
 import pytest
 
@@ -12,7 +13,7 @@ from worker.contract import ScanEvent, validation_errors
 from worker.errors import Rejection
 from worker.inference import ModelSet
 from worker.phantoms import Lesion, ct_slice, encode_ct
-from worker.pipeline import analyze, build_alerts
+from worker.pipeline import Outcome, Pipeline, analyze, build_alerts
 from worker.settings import AlertRule, Settings
 
 
@@ -69,3 +70,89 @@ def test_reference_event_is_fetched(models: ModelSet, tmp_path: object) -> None:
     with pytest.raises(Rejection) as info:
         analyze(ScanEvent("r", 0.0, uri=(path.parent / "no.dcm").as_uri()), models, Settings())
     assert info.value.reason == "fetch_error"
+
+
+def _outcome(models: ModelSet, event: ScanEvent, **kw: object) -> Outcome:
+    [outcome] = Pipeline(models, Settings(), **kw).process([event])  # type: ignore[arg-type]
+    return outcome
+
+
+def test_the_time_budget_ends_a_slow_event_as_a_timeout(models: ModelSet) -> None:
+    """A clock that jumps past the budget while the third frame waits: dead letter, and the
+    remaining frames are never analysed."""
+    import numpy as np
+
+    from worker.dicom import DecodedInstance
+
+    now = [0.0]
+    frames = np.stack([ct_slice(i, 32) for i in range(6)])
+    import worker.pipeline as pipeline
+
+    real_analyze = pipeline.analyze_frame
+    calls: list[int] = []
+
+    def slow(frame: object, modality: str, config: object) -> object:
+        calls.append(1)
+        now[0] += 25.0  # each frame "takes" 25 s of a 60 s budget
+        return real_analyze(frame, modality, config)  # type: ignore[arg-type]
+
+    data = encode_ct(ct_slice(1, 32))
+    meta = pipeline.decode(data).meta
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "analyze_frame", slow)
+        patch.setattr(pipeline, "decode", lambda *_: DecodedInstance(meta, frames))
+        outcome = _outcome(models, ScanEvent("e", 0.0, data=data), clock=lambda: now[0])
+    assert outcome.reason == "timeout" and "frame 3" in outcome.rejection.detail  # type: ignore[union-attr]
+    assert len(calls) == 3
+
+
+def test_a_reference_that_never_answers_is_bounded_by_the_budget(models: ModelSet) -> None:
+    from worker.errors import TransientError
+
+    now = [0.0]
+    asked: list[float] = []
+
+    def reader(uri: str, max_bytes: int, timeout_s: float, sha256: str | None) -> bytes:
+        asked.append(timeout_s)
+        now[0] += timeout_s
+        raise TransientError("fetch_error", "deadline")
+
+    settings = Settings(event_timeout_s=15, fetch_timeout_s=10, fetch_attempts=5)
+    [outcome] = Pipeline(
+        models, settings, reader=reader, clock=lambda: now[0], sleep=lambda s: None
+    ).process([ScanEvent("e", 0.0, uri="http://127.0.0.1:9/x")])
+    assert outcome.reason in ("timeout", "fetch_error")
+    assert asked[0] == 10 and sum(asked) <= 15.0 + 1e-9  # never past the budget
+
+
+def test_a_tiny_image_and_a_uid_that_is_not_a_uid_are_named(models: ModelSet) -> None:
+    import numpy as np
+    import pydicom
+
+    tiny = encode_ct(np.zeros((1, 4), np.float32))
+    assert _outcome(models, ScanEvent("e", 0.0, data=tiny)).reason == "unsupported_image"
+    ds = pydicom.dcmread(__import__("io").BytesIO(encode_ct(ct_slice(1, 32))))
+    buffer = __import__("io").BytesIO()
+    with warnings.catch_warnings():  # pydicom warns about the invalid UI value it writes
+        warnings.simplefilter("ignore")
+        ds.SOPInstanceUID = "ab" * 32  # seen in pydicom-data: 64 hex digits
+        ds.save_as(buffer)
+    outcome = _outcome(models, ScanEvent("e", 0.0, data=buffer.getvalue()))
+    assert outcome.reason == "integrity_error" and "SOPInstanceUID" in outcome.rejection.detail  # type: ignore[union-attr]
+
+
+def test_a_finding_that_would_break_its_schema_is_a_dead_letter(
+    models: ModelSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.pipeline as pipeline
+
+    real = pipeline.build_finding
+
+    def broken(*args: object, **kwargs: object) -> dict[str, object]:
+        finding = real(*args, **kwargs)  # type: ignore[arg-type]
+        finding["patient_name"] = "DOE^JANE"  # additionalProperties: false
+        return finding
+
+    monkeypatch.setattr(pipeline, "build_finding", broken)
+    outcome = _outcome(models, ScanEvent("e", 0.0, data=encode_ct(ct_slice(1, 32))))
+    assert outcome.reason == "contract_violation" and outcome.finding is None

@@ -34,6 +34,10 @@ def test_environment_and_overrides() -> None:
         ({"SCANSTREAM_ALERT_RULES": "lesion>=2"}, "[0, 1]"),
         ({"SCANSTREAM_DLQ_TOPIC": "scans.events"}, "must differ"),
         ({"SCANSTREAM_METRICS_PORT": "70000"}, "TCP port"),
+        ({"SCANSTREAM_DELIVRY": "exactly-once"}, "did you mean SCANSTREAM_DELIVERY?"),
+        ({"SCANSTREAM_COLOUR": "blue"}, "unknown variable SCANSTREAM_COLOUR"),
+        ({"SCANSTREAM_EVENT_TIMEOUT_S": "nan"}, "finite"),
+        ({"SCANSTREAM_STALL_TIMEOUT_S": "0"}, "> 0"),
     ],
 )
 def test_misconfiguration_names_what_to_fix(env: dict[str, str], fragment: str) -> None:

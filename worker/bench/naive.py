@@ -3,7 +3,7 @@
 One record per poll, processed by the very same pipeline as the real worker
 (:class:`~worker.pipeline.Pipeline`, one event at a time), each output sent
 with ``producer.send(...).get()`` (one broker round trip per message), then a synchronous commit
-per record: no micro-batching of inference, no pipelining of produce, no batched commits. It
+per record: no batching of inference, no pipelining of produce, no batched commits. It
 uses the project's client factories (``acks=all``, idempotent producer, manual commits), so the
 only difference from :mod:`worker.runtime.loop` is the shape of the loop, and it gives the same
 at-least-once guarantee. Dead letters carry the same headers as the real worker's.

@@ -1,4 +1,4 @@
-"""Inference: the CNN and the SVM on ONNX Runtime, their model cards, and micro-batching.
+"""Inference: the CNN and the SVM on ONNX Runtime, and their model cards.
 
 Two models ship in ``worker/models/``, both demonstration models trained on synthetic phantoms
 by ``scanstream train`` (:mod:`worker.training`); neither is clinically validated:
@@ -12,8 +12,8 @@ by ``scanstream train`` (:mod:`worker.training`); neither is clinically validate
   CUDA provider too.
 
 :meth:`ModelSet.load` checks every ``model.onnx`` against the sha256 in its card and reports the
-execution provider really in use (:attr:`ModelSet.provider`); :class:`MicroBatcher` batches
-frames across events.
+execution provider really in use (:attr:`ModelSet.provider`). Frames are batched across the
+events of one poll by :class:`worker.pipeline.Pipeline`.
 
 Adding your own ONNX classifier
 -------------------------------

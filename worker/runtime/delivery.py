@@ -16,7 +16,9 @@ and the next commit covers it; :meth:`Delivery.commit_pending` makes them durabl
 shutdown. Exactly-once: results and offsets go in one transaction; any failure aborts it, and
 the whole batch is sent again in a new one (refused records replaced by dead letters first).
 
-Results of partitions revoked while they waited are dropped: their next owner replays them.
+Results of partitions revoked while they waited are dropped: their next owner replays them. A
+partition revoked and assigned back to this member (kafka-python's eager rebalance revokes all)
+keeps its results, which are committed, and the partition is positioned after them.
 """
 
 from __future__ import annotations
@@ -109,7 +111,20 @@ class Delivery:
             produce_s, commit_s = t1 - t0, time.perf_counter() - t1
         self.observer.delivered(produce_s, commit_s)
         self._backoff = 0.0
+        self._reposition(done)
         return done
+
+    def _reposition(self, done: list[EventResult]) -> None:
+        """A partition revoked and given back to us while its batch waited restarts, in
+        kafka-python, from its committed offset, which may predate this batch's commit: point
+        it after the batch, so that its records are neither lost nor computed twice."""
+        again = self.flow.revoked & self.consumer.assignment()
+        ends: dict[TopicPartition, int] = {}
+        for r in done:
+            if r.tp in again:
+                ends[r.tp] = max(ends.get(r.tp, 0), r.record.offset + 1)
+        for tp, offset in ends.items():
+            self.consumer.seek(tp, offset)
 
     # -- at-least-once -------------------------------------------------------------------------
     def _produce(self, batch: list[EventResult | None]) -> list[EventResult]:
@@ -248,11 +263,7 @@ class Delivery:
     def _drop_revoked(self, batch: list[EventResult | None]) -> list[int]:
         """Forget results of partitions no longer ours (their next owner replays them)."""
         owned = self.consumer.assignment()
-        dropped = [
-            i
-            for i, r in enumerate(batch)
-            if r is not None and (r.tp not in owned or r.tp in self.flow.revoked)
-        ]
+        dropped = [i for i, r in enumerate(batch) if r is not None and r.tp not in owned]
         for i in dropped:
             batch[i] = None
         if dropped:

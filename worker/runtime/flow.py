@@ -8,8 +8,8 @@ records arrive, heartbeats and rebalances are served, and the member stays. Part
 resumed once the batch is committed.
 
 A rebalance during such a wait may take partitions away. :attr:`revoked` collects them until
-the next :meth:`new_poll`, so that the delivery does not commit, or keep retrying, results of
-partitions that another member now replays.
+the next :meth:`new_poll`: the delivery drops the results of those no longer assigned (another
+member replays them) and repositions those assigned back to this member.
 """
 
 from __future__ import annotations

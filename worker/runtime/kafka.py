@@ -10,11 +10,20 @@ keep them so. kafka-python's ``send()`` refuses a record with neither key nor va
 values that are not bytes, although its record builder writes both. :data:`NULL` (as a value)
 and :data:`NULL_HEADER` (as a header value) pass those checks, and :class:`NullableSerializer`,
 which ``send()`` calls after its checks and before the record is built, turns them into nulls.
+
+One more obstacle, in kafka-python 3.0: ``ProducerBatch.try_append`` appends the record and
+only then sums ``len()`` of its header values for the future's metadata, so a null header value
+raises TypeError after the record is already in the batch: the record is sent, but its future
+is lost, and a retry would send it twice. :func:`_null_safe_try_append` is that method with a
+null-safe sum, installed only over the exact signature it was written against; elsewhere
+:data:`NULL_HEADERS_SUPPORTED` is False and :func:`wire_headers` sends a null header value as
+empty bytes and lists its position in ``scanstream.null-headers`` instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import socket
 import time
@@ -24,6 +33,8 @@ from typing import Any, Final
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from kafka.producer.future import FutureRecordMetadata
+from kafka.producer.producer_batch import ProducerBatch
 from kafka.serializer import Serializer
 
 from worker import broker
@@ -60,10 +71,62 @@ class NullableSerializer(Serializer):  # type: ignore[misc]
         return None if data is NULL else data
 
 
+def _null_safe_try_append(
+    self: Any, timestamp_ms: Any, key: Any, value: Any, headers: Any, now: Any = None
+) -> Any:
+    """kafka-python 3.0's ``ProducerBatch.try_append``, with a null-safe header size."""
+    metadata = self.records.append(timestamp_ms, key, value, headers)
+    if metadata is None:
+        return None
+    now = time.monotonic() if now is None else now
+    self.max_record_size = max(self.max_record_size, metadata.size)
+    self.last_append = now
+    header_size = sum(len(k.encode("utf-8")) + len(v or b"") for k, v in headers) if headers else -1
+    future = FutureRecordMetadata(
+        self.produce_future,
+        metadata.offset,
+        metadata.timestamp,
+        metadata.crc,
+        len(key) if key is not None else -1,
+        len(value) if value is not None else -1,
+        header_size,
+    )
+    self._record_futures.append(future)
+    return future
+
+
+def _install_null_safe_try_append() -> bool:
+    params = list(inspect.signature(ProducerBatch.try_append).parameters)
+    if params != ["self", "timestamp_ms", "key", "value", "headers", "now"]:
+        return False
+    if not hasattr(ProducerBatch, "_scanstream_original_try_append"):
+        ProducerBatch._scanstream_original_try_append = ProducerBatch.try_append
+        ProducerBatch.try_append = _null_safe_try_append
+    return True
+
+
+NULL_HEADERS_SUPPORTED: Final = _install_null_safe_try_append()
+NULL_HEADERS = "scanstream.null-headers"
+
+
 def wire_headers(headers: Iterable[tuple[str, bytes | None]]) -> list[tuple[str, bytes]]:
     """A fresh header list for one ``send()``, nulls as :data:`NULL_HEADER` (the serializer
-    rewrites the list in place, so each send needs its own)."""
-    return [(name, NULL_HEADER if value is None else value) for name, value in headers]
+    rewrites the list in place, so each send needs its own).
+
+    >>> wire_headers([("a", None), ("b", b"1")])[1]
+    ('b', b'1')
+    """
+    out: list[tuple[str, bytes]] = []
+    nulls: list[str] = []
+    for i, (name, value) in enumerate(headers):
+        if value is None and not NULL_HEADERS_SUPPORTED:
+            nulls.append(str(i))
+            out.append((name, b""))
+        else:
+            out.append((name, NULL_HEADER if value is None else value))
+    if nulls:
+        out.append((NULL_HEADERS, ",".join(nulls).encode()))
+    return out
 
 
 def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
@@ -76,12 +139,12 @@ def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
     worker.errors.BrokerError: Kafka at 127.0.0.1:9 did not answer within 1 s (...refused...); ...
     """
     deadline = time.monotonic() + timeout_s
-    cause = "no answer"
     while True:
         remaining = deadline - time.monotonic()
-        cause = _tcp_cause(bootstrap, max(0.2, min(remaining, 5.0))) or cause
-        if cause == "":
+        why = _tcp_cause(bootstrap, max(0.2, min(remaining, 5.0)))
+        if not why:
             break
+        cause = why
         if time.monotonic() >= deadline:
             raise BrokerError(
                 f"Kafka at {bootstrap} did not answer within {timeout_s:g} s ({cause}); "

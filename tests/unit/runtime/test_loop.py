@@ -158,6 +158,7 @@ def test_null_key_value_and_headers_reach_the_dead_letters_as_nulls(models: Mode
     assert stats.dead_letters == 3 and consumer.committed_offsets[consumer.tp].offset == 3
 
 
+@pytest.mark.internal_error_expected
 def test_internal_errors_become_dead_letters(
     models: ModelSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
