@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kafka_helpers import collect, worker_thread
 
-import worker.runtime.loop as loop
+import worker.pipeline as pipeline
 from worker.phantoms import ct_slice, encode_ct
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.publisher import publish_bytes
@@ -28,13 +28,13 @@ def test_slow_model_keeps_group_membership(
 ) -> None:
     settings = isolated_settings.replace(max_poll_interval_ms=3000, max_poll_records=4)
     assert settings.bootstrap_servers
-    real_prepare = loop.prepare
+    real_prepare = pipeline.prepare
 
     def slow_prepare(*args: Any, **kwargs: Any) -> Any:
         time.sleep(1.5)
         return real_prepare(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "prepare", slow_prepare)
+    monkeypatch.setattr(pipeline, "prepare", slow_prepare)
     producer = kafka_clients.producer(settings.bootstrap_servers, settings)
     sent = [
         publish_bytes(producer, settings, encode_ct(ct_slice(i, 64)), f"slow-{i}").event_id
