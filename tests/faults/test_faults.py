@@ -32,10 +32,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 N_EVENTS = 240
 
 
+_SPAWNED: list[subprocess.Popen[bytes]] = []
+
+
 def spawn(settings: Settings, log: Path, *args: str, **env_extra: str) -> subprocess.Popen[bytes]:
+    """A worker subprocess; the ``reap`` fixture kills whatever a test leaves running."""
     assert settings.bootstrap_servers
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("SCANSTREAM_")},
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "SCANSTREAM_EVENTS_TOPIC": settings.events_topic,
         "SCANSTREAM_FINDINGS_TOPIC": settings.findings_topic,
@@ -43,15 +47,34 @@ def spawn(settings: Settings, log: Path, *args: str, **env_extra: str) -> subpro
         "SCANSTREAM_DLQ_TOPIC": settings.dlq_topic,
         "SCANSTREAM_GROUP_ID": settings.group_id,
         "SCANSTREAM_MAX_POLL_RECORDS": "16",
+        # The group's rebalance timeout is the poll interval: a JoinGroup that timed out on an
+        # overloaded machine leaves a pending member the broker waits for that long (seen
+        # once as "timed out waiting for the first findings"). 30 s bounds that wait.
+        "SCANSTREAM_MAX_POLL_INTERVAL_MS": "30000",
         **env_extra,
     }
     with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "--log-level", "WARNING", "run", *args],
+        # INFO: the group's join and assignment show in a failing test's output.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "--log-level", "INFO", "run", *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    _SPAWNED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def reap() -> Iterator[None]:
+    """No worker outlives its test: a leaked one would load the machine and fail a later test
+    with a ResourceWarning (seen: a failed wait left the sigterm test's worker running)."""
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
 
 
 def publish(settings: Settings, n: int = N_EVENTS, size: int = 128) -> list[str]:
@@ -84,6 +107,9 @@ def wait_for(condition: object, timeout_s: float, what: str) -> None:
     while time.monotonic() < deadline:
         if condition():  # type: ignore[operator]
             return
+        exited = [p for p in _SPAWNED if p.poll() is not None]
+        if exited:  # a worker that died will not produce: say so now, not after the timeout
+            raise AssertionError(f"waiting for {what}: worker exited with {exited[0].returncode}")
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
