@@ -235,9 +235,11 @@ class Delivery:
             return _Failed(exc)
 
     def _flush(self) -> None:
-        # Unfinished sends stay pending and are waited for again.
+        # Unfinished sends stay pending and are waited for again, after a poll: never wait
+        # longer than the flow's patience without one, or the member outlives its poll
+        # interval and is evicted while it waits for the broker.
         with contextlib.suppress(kafka_errors.KafkaTimeoutError):
-            self.producer.flush(timeout=min(5.0, self.settings.grace_period_s))
+            self.producer.flush(timeout=min(self.flow.patience_s, self.settings.grace_period_s))
 
     def _refused(
         self, result: EventResult | None, message: int, error: BaseException

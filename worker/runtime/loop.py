@@ -69,6 +69,11 @@ class Worker:
             # readers waiting for the transaction timeout.
             extra["transactional_id"] = f"scanstream-{settings.group_id}-{settings.worker_id}"
             extra["transaction_timeout_ms"] = 30000
+        else:
+            # send() blocks at most this long for metadata or buffer space: the loop must poll
+            # again well within max_poll_interval_ms (a send that timed out is sent again).
+            # Transactions keep the default: a slow commit must be retried, not abandoned.
+            extra["max_block_ms"] = int(min(10_000, settings.max_poll_interval_ms / 4))
         self.producer = producer or kafka_clients.producer(bootstrap, settings, **extra)
         if settings.delivery == "exactly-once":
             self.producer.init_transactions()
