@@ -197,13 +197,17 @@ class Pipeline:
         findings. Never raises for an event's sake."""
         staged: list[Prepared | Rejection] = [self._prepare(event) for event in events]
         inferred = self._infer([p for p in staged if isinstance(p, Prepared)])
+        each = iter(inferred) if isinstance(inferred, list) else None
         outcomes = []
         for i, item in enumerate(staged):
-            source = sources[i] if sources is not None else None
             if isinstance(item, Rejection):
                 outcomes.append(Outcome(events[i], rejection=item))
+            elif each is None:
+                assert isinstance(inferred, Rejection)
+                outcomes.append(Outcome(events[i], rejection=inferred))
             else:
-                outcomes.append(self._document(item, inferred.get(id(item)), source))
+                source = sources[i] if sources is not None else None
+                outcomes.append(self._document(item, next(each), source))
         return outcomes
 
     def _prepare(self, event: ScanEvent) -> Prepared | Rejection:
@@ -229,11 +233,12 @@ class Pipeline:
                 return Rejection("internal_error", f"{type(exc).__name__}: {exc}")
         raise AssertionError("unreachable")
 
-    def _infer(self, prepared: Sequence[Prepared]) -> dict[int, _Inference | Rejection]:
-        """Every frame of every prepared event through the models, ``batch_max_size`` at a time;
-        each event is charged its share of each chunk's time."""
-        out: dict[int, _Inference | Rejection] = {id(p): _Inference() for p in prepared}
-        owners = [p for p in prepared for _ in p.analyses]
+    def _infer(self, prepared: Sequence[Prepared]) -> list[_Inference] | Rejection:
+        """Every frame of every prepared event through the models, ``batch_max_size`` at a time
+        (one result per event, in order); each event is charged its share of each chunk's
+        time. A failure of the models is a Rejection for all of them."""
+        out = [_Inference() for _ in prepared]
+        owners = [out[i] for i, p in enumerate(prepared) for _ in p.analyses]
         if not owners:
             return out
         cnn = np.concatenate([p.cnn_inputs for p in prepared])
@@ -245,26 +250,21 @@ class Pipeline:
                 predictions, timings = self.models.predict(cnn[chunk], feats[chunk])
                 share = 1.0 / len(predictions)
                 for owner, prediction in zip(owners[chunk], predictions, strict=True):
-                    result = out[id(owner)]
-                    assert isinstance(result, _Inference)
-                    result.predictions.append(prediction)
+                    owner.predictions.append(prediction)
                     for model, ms in timings.items():
-                        result.timings_ms[model] = result.timings_ms.get(model, 0.0) + ms * share
+                        owner.timings_ms[model] = owner.timings_ms.get(model, 0.0) + ms * share
         except Exception as exc:
             log.exception("internal error: inference failed for %d frames", len(owners))
-            failed = Rejection("internal_error", f"inference: {type(exc).__name__}: {exc}")
-            return {id(p): failed for p in prepared}
+            return Rejection("internal_error", f"inference: {type(exc).__name__}: {exc}")
         return out
 
     def _document(
         self,
         prepared: Prepared,
-        inferred: _Inference | Rejection | None,
+        inferred: _Inference,
         source: dict[str, Any] | None,
     ) -> Outcome:
         event = prepared.event
-        if not isinstance(inferred, _Inference):
-            return Outcome(event, rejection=inferred or Rejection("internal_error", "no result"))
         try:
             finding = build_finding(
                 prepared,

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from loopback_http import serving
 
 from worker.phantoms import ct_slice, encode_ct
 from worker.runtime import kafka as kafka_clients
@@ -67,15 +68,8 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def http_server() -> Iterator[str]:
     _Recorder.requests = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(_Recorder, daemon_threads=True) as url:
+        yield url
 
 
 def _ref(uri: str) -> bytes:

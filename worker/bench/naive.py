@@ -18,50 +18,34 @@ import json
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from worker.contract import ScanEvent, dead_letter_headers, parse_event
-from worker.errors import Rejection
+from worker.contract import ScanEvent
 from worker.inference import ModelSet
-from worker.pipeline import Outcome, Pipeline
+from worker.pipeline import Pipeline
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.kafka import wire_headers
+from worker.runtime.results import dead_letter_result, event_of, from_outcome, source_of
 from worker.settings import Settings
-
-_JSON = [("content-type", b"application/json")]
 
 
 def handle(record: Any, settings: Settings, pipeline: Pipeline, producer: Any) -> bool:
     """Process one record and wait for its outputs to be acknowledged; True for a finding."""
-    default_id = f"{record.topic}-{record.partition}-{record.offset}"
-    headers = record.headers or []
-    try:
-        event = parse_event(record.value, headers, default_id, record.timestamp / 1e3)
-        source = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
-        [outcome] = pipeline.process([event], [source])
-    except Rejection as exc:
-        outcome = Outcome(ScanEvent(default_id, 0.0), rejection=exc)
-    if outcome.rejection is not None:
-        where = (record.topic, record.partition, record.offset)
-        dlq = dead_letter_headers(
-            headers, outcome.rejection.reason, outcome.rejection.detail, *where, time.time()
+    event = event_of(record)
+    if isinstance(event, ScanEvent):
+        [outcome] = pipeline.process([event], [source_of(record)])
+        result = from_outcome(record, outcome, settings)
+    else:
+        result = dead_letter_result(record, event, settings)
+    for message in result.messages:
+        assert message is not None
+        topic, value, headers = message
+        producer.send(topic, key=record.key, value=value, headers=wire_headers(headers)).get(
+            timeout=settings.grace_period_s
         )
-        producer.send(
-            settings.dlq_topic, key=record.key, value=record.value, headers=wire_headers(dlq)
-        ).get(timeout=settings.grace_period_s)
-        return False
-    value = json.dumps(outcome.finding).encode()
-    producer.send(settings.findings_topic, key=record.key, value=value, headers=_JSON).get(
-        timeout=settings.grace_period_s
-    )
-    for alert in outcome.alerts:
-        producer.send(
-            settings.alerts_topic, key=record.key, value=json.dumps(alert).encode(), headers=_JSON
-        ).get(timeout=settings.grace_period_s)
-    return True
+    return result.finding is not None
 
 
 def run_naive(settings: Settings, bootstrap: str, stop: threading.Event) -> int:

@@ -24,17 +24,23 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from worker.contract import ScanEvent, parse_event
+from worker.contract import ScanEvent
 from worker.errors import Rejection
 from worker.imaging import ImagingConfig
 from worker.inference import ModelSet
 from worker.metrics import Health, Metrics
-from worker.pipeline import Outcome, Pipeline
+from worker.pipeline import Pipeline
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.delivery import Delivery
 from worker.runtime.flow import FlowControl, Rebalance
 from worker.runtime.observer import Observer, RunStats
-from worker.runtime.results import EventResult, from_outcome
+from worker.runtime.results import (
+    EventResult,
+    dead_letter_result,
+    event_of,
+    from_outcome,
+    source_of,
+)
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -148,38 +154,21 @@ class Worker:
     def compute(self, records: list[Any]) -> list[EventResult]:
         """Records to results (runs on the compute thread; never touches the consumer)."""
         try:
-            return self._compute(records)
+            parsed = [event_of(r) for r in records]
+            ok = [(r, p) for r, p in zip(records, parsed, strict=True) if isinstance(p, ScanEvent)]
+            outcomes = iter(
+                self.pipeline.process([p for _, p in ok], [source_of(r) for r, _ in ok])
+            )
+            return [
+                from_outcome(r, next(outcomes), self.settings)
+                if isinstance(p, ScanEvent)
+                else dead_letter_result(r, p, self.settings)
+                for r, p in zip(records, parsed, strict=True)
+            ]
         except Exception as exc:  # a bug of ours: every record still gets its one result
             log.exception("internal error computing a batch of %d records", len(records))
-            failed = Outcome(ScanEvent("", 0.0), rejection=Rejection("internal_error", repr(exc)))
-            return [from_outcome(r, failed, self.settings) for r in records]
-
-    def _compute(self, records: list[Any]) -> list[EventResult]:
-        events: list[ScanEvent] = []
-        parsed: list[ScanEvent | Rejection] = []
-        for r in records:
-            try:
-                default_id = f"{r.topic}-{r.partition}-{r.offset}"
-                event = parse_event(r.value, r.headers or [], default_id, r.timestamp / 1e3)
-            except Rejection as exc:
-                parsed.append(exc)
-                continue
-            parsed.append(event)
-            events.append(event)
-        sources = [
-            {"topic": r.topic, "partition": r.partition, "offset": r.offset}
-            for r, p in zip(records, parsed, strict=True)
-            if isinstance(p, ScanEvent)
-        ]
-        outcomes = iter(self.pipeline.process(events, sources))
-        results = []
-        for record, item in zip(records, parsed, strict=True):
-            outcome = next(outcomes) if isinstance(item, ScanEvent) else None
-            if outcome is None:
-                assert isinstance(item, Rejection)
-                outcome = Outcome(ScanEvent("", 0.0), rejection=item)
-            results.append(from_outcome(record, outcome, self.settings))
-        return results
+            failed = Rejection("internal_error", repr(exc))
+            return [dead_letter_result(r, failed, self.settings) for r in records]
 
     def commit_pending(self) -> None:
         self.delivery.commit_pending()

@@ -22,7 +22,13 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from worker.contract import dead_letter_headers, decode_headers, validation_errors
+from worker.contract import (
+    ScanEvent,
+    dead_letter_headers,
+    decode_headers,
+    parse_event,
+    validation_errors,
+)
 from worker.errors import Rejection
 from worker.pipeline import Outcome
 from worker.runtime.kafka import NULL
@@ -63,6 +69,20 @@ class EventResult:
     @property
     def key(self) -> bytes | None:
         return None if self.reduced >= 2 else self.record.key
+
+
+def event_of(record: Any) -> ScanEvent | Rejection:
+    """A consumed record as the pipeline's event, or why it is none (``schema_error``)."""
+    default_id = f"{record.topic}-{record.partition}-{record.offset}"
+    try:
+        return parse_event(record.value, record.headers or [], default_id, record.timestamp / 1e3)
+    except Rejection as exc:
+        return exc
+
+
+def source_of(record: Any) -> dict[str, Any]:
+    """Where a finding's event came from (its ``source``)."""
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
 
 def from_outcome(record: Any, outcome: Outcome, settings: Settings) -> EventResult:
