@@ -37,7 +37,6 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +52,7 @@ from worker.imaging import (
     FrameAnalysis,
     ImagingConfig,
     analyze_frame,
+    thumbnail_path,
     write_thumbnail,
 )
 from worker.inference import ModelSet, Prediction, cnn_input
@@ -144,8 +144,7 @@ def prepare(
     thumbnail = None
     if settings.thumbnail_dir:
         best = _strongest_frame(analyses)
-        path = Path(settings.thumbnail_dir) / f"{instance.meta.sop_uid or event.event_id}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = thumbnail_path(settings.thumbnail_dir, event.event_id, instance.meta.sop_uid)
         write_thumbnail(analyses[best].edge_map, path)
         thumbnail = str(path)
     return Prepared(

@@ -30,6 +30,8 @@ from worker.errors import ConfigError
 
 DeliveryMode = Literal["at-least-once", "exactly-once"]
 DELIVERY_MODES: Final = ("at-least-once", "exactly-once")
+SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 MiB: Final = 1024 * 1024
 
 
@@ -149,6 +151,25 @@ class Settings:
     alert_rules: tuple[AlertRule, ...] = (AlertRule("lesion", 0.9, "CT", "high"),)
     thumbnail_dir: str | None = None
     log_level: str = "INFO"
+    # Reference events: URI prefixes the worker may read (comma separated in the environment).
+    # Empty: every reference event is refused (reference_refused). See worker/references.py.
+    reference_allow: tuple[str, ...] = ()
+    # Sent to allowed http(s) prefixes only: "basic USER:PASSWORD" or "bearer TOKEN".
+    reference_auth: Secret = field(default_factory=lambda: Secret(""))
+    # Kafka security, for every client the project makes (worker/runtime/kafka.py).
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret = field(default_factory=lambda: Secret(""))
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+    # False where the worker may not create topics: then missing topics fail start.
+    create_topics: bool = True
+    # Of the topics the worker creates; 1 suits the single local broker, production wants 3/2.
+    topic_replication_factor: int = 1
+    topic_min_insync_replicas: int = 1
 
     def __post_init__(self) -> None:
         for name in (
@@ -159,6 +180,8 @@ class Settings:
             "max_poll_records",
             "fetch_attempts",
             "max_poll_interval_ms",
+            "topic_replication_factor",
+            "topic_min_insync_replicas",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SCANSTREAM_{name.upper()} must be at least 1")
@@ -180,6 +203,12 @@ class Settings:
         topics = [self.events_topic, self.findings_topic, self.alerts_topic, self.dlq_topic]
         if len(set(topics)) != len(topics):
             raise ConfigError("the events, findings, alerts and dead-letter topics must differ")
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ConfigError(
+                "SCANSTREAM_TOPIC_MIN_INSYNC_REPLICAS must not exceed "
+                "SCANSTREAM_TOPIC_REPLICATION_FACTOR (production: 3 replicas, 2 in sync)"
+            )
+        _check_security(self)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -195,9 +224,16 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[f.name] = _parse(f.name, key, raw, f.type)
+        for name in FILE_SECRETS:
+            from_file = _read_secret_file(env, name)
+            if from_file is not None:
+                values[name] = from_file
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if isinstance(values.get("pseudonym_key"), str):
-            values["pseudonym_key"] = Secret(values["pseudonym_key"])
+        for name in ("pseudonym_key", *FILE_SECRETS):
+            if isinstance(values.get(name), str):
+                values[name] = Secret(values[name])
+        if isinstance(values.get("reference_allow"), str):
+            values["reference_allow"] = _split(values["reference_allow"])
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
@@ -231,9 +267,62 @@ class Settings:
         return out
 
 
+# Secrets that may come from a file instead (Kubernetes mounts secrets as files): the variable
+# SCANSTREAM_<FIELD>_FILE names the file, whose content (one trailing newline dropped) is used.
+FILE_SECRETS: Final = ("reference_auth", "sasl_password")
+
 # SCANSTREAM_* variables that are not settings fields but belong to the project: where the local
-# broker keeps its state and jars (worker/broker.py).
-OTHER_VARIABLES: Final = ("SCANSTREAM_BROKER_DIR", "SCANSTREAM_CACHE")
+# broker keeps its state and jars (worker/broker.py), and the _FILE variants above.
+OTHER_VARIABLES: Final = (
+    "SCANSTREAM_BROKER_DIR",
+    "SCANSTREAM_CACHE",
+    *(f"SCANSTREAM_{name.upper()}_FILE" for name in FILE_SECRETS),
+)
+
+
+def _check_security(s: Settings) -> None:
+    """Kafka security settings that cannot work together fail here, naming what to set."""
+    protocol = s.security_protocol
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(
+            f"SCANSTREAM_SECURITY_PROTOCOL={protocol!r}: use one of {', '.join(SECURITY_PROTOCOLS)}"
+        )
+    sasl, tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
+    if sasl:
+        if s.sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(
+                f"SCANSTREAM_SECURITY_PROTOCOL={protocol} needs SCANSTREAM_SASL_MECHANISM set to "
+                f"one of {', '.join(SASL_MECHANISMS)} (got {s.sasl_mechanism!r})"
+            )
+        if s.sasl_mechanism != "OAUTHBEARER" and not s.sasl_username:
+            raise ConfigError(f"SASL {s.sasl_mechanism} needs SCANSTREAM_SASL_USERNAME")
+        if not s.sasl_password:
+            what = "the token" if s.sasl_mechanism == "OAUTHBEARER" else "the password"
+            raise ConfigError(
+                f"SASL {s.sasl_mechanism} needs {what} in SCANSTREAM_SASL_PASSWORD "
+                "(or a file named by SCANSTREAM_SASL_PASSWORD_FILE)"
+            )
+    else:
+        stray = [n for n in ("sasl_mechanism", "sasl_username") if getattr(s, n)]
+        stray += ["sasl_password"] if s.sasl_password else []
+        if stray:
+            raise ConfigError(
+                f"SCANSTREAM_{stray[0].upper()} is set but SCANSTREAM_SECURITY_PROTOCOL={protocol} "
+                "does not use SASL; set SCANSTREAM_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT)"
+            )
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(s, name)
+        if not path:
+            continue
+        if not tls:
+            raise ConfigError(
+                f"SCANSTREAM_{name.upper()} is set but SCANSTREAM_SECURITY_PROTOCOL={protocol} "
+                "does not use TLS; set SCANSTREAM_SECURITY_PROTOCOL=SSL or SASL_SSL"
+            )
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise ConfigError(f"SCANSTREAM_{name.upper()}={path!r} is not a readable file")
+    if s.ssl_keyfile and not s.ssl_certfile:
+        raise ConfigError("SCANSTREAM_SSL_KEYFILE needs SCANSTREAM_SSL_CERTFILE (the client cert)")
 
 
 def known_variables() -> tuple[str, ...]:
@@ -257,12 +346,39 @@ def _refuse_unknown(env: Mapping[str, str]) -> None:
             raise ConfigError(f"unknown variable {key}; {hint}")
 
 
+def _read_secret_file(env: Mapping[str, str], name: str) -> Secret | None:
+    key = f"SCANSTREAM_{name.upper()}"
+    path = env.get(f"{key}_FILE")
+    if not path:
+        return None
+    if env.get(key):
+        raise ConfigError(f"set {key} or {key}_FILE, not both")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(
+            f"{key}_FILE={path!r} cannot be read ({type(exc).__name__}); point it at the file "
+            "that holds the secret"
+        ) from exc
+    text = text[:-1] if text.endswith("\n") else text
+    if not text:
+        raise ConfigError(f"{key}_FILE={path!r} is empty")
+    return Secret(text)
+
+
+def _split(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 def _parse(name: str, key: str, raw: str, annotation: Any) -> Any:
     text = str(annotation)
     if name == "alert_rules":
         return tuple(AlertRule.parse(part) for part in raw.split(",") if part.strip())
-    if name == "pseudonym_key":
+    if name in ("pseudonym_key", *FILE_SECRETS):
         return Secret(raw)
+    if name == "reference_allow":
+        return _split(raw)
     if text == "bool":
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):

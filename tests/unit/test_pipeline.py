@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
+import pathlib
 import warnings
 
+import pydicom
 import pytest
 
 from worker.contract import ScanEvent, validation_errors
@@ -156,3 +159,27 @@ def test_a_finding_that_would_break_its_schema_is_a_dead_letter(
     monkeypatch.setattr(pipeline, "build_finding", broken)
     outcome = _outcome(models, ScanEvent("e", 0.0, data=encode_ct(ct_slice(1, 32))))
     assert outcome.reason == "contract_violation" and outcome.finding is None
+
+
+def test_thumbnail_name_comes_from_a_hash_never_from_the_dicom(
+    models: ModelSet, tmp_path: pathlib.Path
+) -> None:
+    folder = tmp_path / "a" / "thumbs"
+    settings = Settings(thumbnail_dir=str(folder))
+    data = encode_ct(ct_slice(3, 64))
+    finding = analyze(ScanEvent("e", 0.0, data=data), models, settings)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert [p.parent for p in written] == [folder]
+    assert finding["sop_instance_uid"] not in written[0].name and len(written[0].stem) == 32
+    assert finding["edges"]["thumbnail"] == str(written[0])
+    # A SOPInstanceUID that is a path never gets this far: the decoder refuses it.
+    ds = pydicom.dcmread(io.BytesIO(data))
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # pydicom warns of the invalid UID: that is the point
+        warnings.simplefilter("ignore")
+        ds.SOPInstanceUID = "../../escaped"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(Rejection, match="integrity_error"):
+        analyze(ScanEvent("e2", 0.0, data=buf.getvalue()), models, settings)
+    assert len([p for p in tmp_path.rglob("*") if p.is_file()]) == 1

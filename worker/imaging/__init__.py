@@ -51,7 +51,7 @@ from worker.imaging.pipeline import (
     analyze_frame_stages,
     denoise,
 )
-from worker.imaging.thumbnail import edge_thumbnail, write_thumbnail
+from worker.imaging.thumbnail import edge_thumbnail, thumbnail_path, write_thumbnail
 from worker.imaging.window import (
     CT_WINDOWS,
     DEFAULT_PERCENTILES,
@@ -102,6 +102,7 @@ __all__ = [
     "sobel",
     "texture_row_step",
     "thresholds_from_percentiles",
+    "thumbnail_path",
     "window",
     "write_thumbnail",
 ]

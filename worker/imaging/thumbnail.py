@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +32,22 @@ def edge_thumbnail(edge_map: npt.NDArray[np.uint8], size: int = 128) -> npt.NDAr
     out_w, out_h = max(1, round(w * scale)), max(1, round(h * scale))
     small = cv2.resize(edge_map, (out_w, out_h), interpolation=cv2.INTER_AREA)
     return np.where(small > 0, 255, 0).astype(np.uint8)
+
+
+def thumbnail_path(folder: str | os.PathLike[str], event_id: str, sop_uid: str | None) -> Path:
+    """Where the thumbnail of one instance goes: a hash of the event id and SOPInstanceUID.
+
+    Never a value from inside the DICOM as a file name: a UID of ``../../x`` or one with a NUL
+    byte must not choose the path, so the name is a SHA-256 prefix, always inside ``folder``.
+    The same instance of the same event always gets the same name (a replay overwrites it).
+
+    >>> thumbnail_path("/t", "e1", "../../etc/x").parent
+    PosixPath('/t')
+    >>> len(thumbnail_path("/t", "e1", None).name)
+    36
+    """
+    digest = hashlib.sha256(f"{event_id}\0{sop_uid or ''}".encode("utf-8", "replace")).hexdigest()
+    return Path(folder) / f"{digest[:32]}.png"
 
 
 def write_thumbnail(
