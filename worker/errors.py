@@ -5,7 +5,11 @@ event are :class:`Rejection` and carry a reason code from :data:`REASONS`; the r
 into dead letters. The codes added for hostile input: ``unsupported_image`` (valid DICOM the
 analysis cannot handle, e.g. smaller than 8x8 pixels), ``timeout`` (the per-event time budget ran
 out), ``result_refused`` (the broker refused this event's finding for good, e.g. too large) and
-``contract_violation`` (the finding or alert would break its own schema). ``internal_error`` is
+``contract_violation`` (the finding or alert would break its own schema); for reference events,
+``reference_refused`` (the URI lies outside what ``SCANSTREAM_REFERENCE_ALLOW`` permits, or breaks
+a rule of :mod:`worker.references`: a file URI with a host, dot-segments, userinfo, a redirect
+leaving the allowed prefixes; with the default empty allow-list every reference event is
+refused) as opposed to ``fetch_error`` (allowed, but it could not be read). ``internal_error`` is
 kept for our own bugs: the test suite fails on any. Library errors are wrapped with
 ``raise Rejection(...) from exc`` so the cause is kept for the log while the dead letter
 carries only the reason and a short detail.
@@ -29,6 +33,7 @@ Reason = Literal[
     "too_large",
     "schema_error",
     "fetch_error",
+    "reference_refused",
     "unsupported_image",
     "timeout",
     "result_refused",

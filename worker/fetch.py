@@ -5,6 +5,8 @@ bytes. The guarantees hold for any string, however hostile:
 
 * Only :class:`Rejection` (final) or :class:`TransientError` (worth retrying: the deadline, 5xx,
   429, DNS failure, connection refused or reset) escape; a malformed URI is a ``fetch_error``.
+* Only what the ``policy`` (:mod:`worker.references`) allows is read; anything else, and each
+  redirect hop outside it, is ``reference_refused`` before it is opened or connected to.
 * Reads are bounded as they stream: never more than ``max_bytes + 1`` bytes are read, whatever a
   size looked up beforehand (``stat``, Content-Length) said; more is ``too_large``.
 * file:// reads regular files only (a symlink to one is followed): FIFOs, devices such as
@@ -16,10 +18,11 @@ bytes. The guarantees hold for any string, however hostile:
 >>> import tempfile, os
 >>> with tempfile.NamedTemporaryFile(delete=False) as f:
 ...     _ = f.write(b"abc")
->>> fetch("file://" + f.name, max_bytes=10, timeout_s=1)
+>>> here = ReferencePolicy.parse(("file://" + os.path.dirname(f.name), "file:///dev/"), "")
+>>> fetch("file://" + f.name, max_bytes=10, timeout_s=1, policy=here)
 b'abc'
 >>> os.unlink(f.name)
->>> fetch("file:///dev/zero", max_bytes=10, timeout_s=1)
+>>> fetch("file:///dev/zero", max_bytes=10, timeout_s=1, policy=here)
 Traceback (most recent call last):
     ...
 worker.errors.Rejection: fetch_error: '/dev/zero' is not a regular file
@@ -43,6 +46,8 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.errors import Rejection, ScanStreamError, TransientError
+from worker.references import ReferencePolicy
+from worker.references import show as _show
 
 _ACCEPT = "application/dicom, multipart/related; type=application/dicom"  # WADO-RS: Part 10
 _CHUNK = 1 << 16
@@ -52,17 +57,27 @@ _PRINTABLE = "".join(map(chr, range(0x21, 0x7F)))  # kept as is in a request tar
 _HOST = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%:-]+\Z")  # reg-name or IP literal, after IDNA
 
 
-def fetch(uri: str, max_bytes: int, timeout_s: float, sha256: str | None = None) -> bytes:
+def fetch(
+    uri: str,
+    max_bytes: int,
+    timeout_s: float,
+    sha256: str | None = None,
+    *,
+    policy: ReferencePolicy,
+) -> bytes:
     """The bytes at ``uri`` (at most ``max_bytes``) within ``timeout_s``; see the module doc."""
+    policy.check_any(uri)
     limit, timeout_s = max(max_bytes, 0), min(timeout_s, 86400.0)  # NaN stays NaN
     try:
         scheme = urllib.parse.urlsplit(uri).scheme
     except ValueError as exc:
         raise Rejection("fetch_error", f"malformed URI {_show(uri)}: {_brief(exc)}") from exc
     if scheme == "file":
-        data = _read_file(uri, limit, time.monotonic() + timeout_s)
+        data = _read_file(uri, limit, time.monotonic() + timeout_s, policy)
     elif scheme in ("http", "https"):
-        data = _read_http(uri, limit, timeout_s)
+        _target(uri)  # a malformed URI is a fetch_error, before the policy looks at it
+        policy.check_web(uri)
+        data = _read_http(uri, limit, timeout_s, policy)
     else:
         raise Rejection("fetch_error", f"unsupported URI scheme {scheme!r}")
     if sha256 and hashlib.sha256(data).hexdigest() != sha256.lower():
@@ -70,27 +85,24 @@ def fetch(uri: str, max_bytes: int, timeout_s: float, sha256: str | None = None)
     return data
 
 
-def _show(text: str) -> str:
-    """A URI or path for a detail: credentials dropped, quoted, short."""
-    text = re.sub(r"//[^/?#]*@", "//***@", str(text))
-    return repr(text if len(text) <= 200 else text[:200] + "...")
-
-
 def _brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
-def _read_file(uri: str, limit: int, deadline: float) -> bytes:
+def _read_file(uri: str, limit: int, deadline: float, policy: ReferencePolicy) -> bytes:
     try:
         parts = urllib.parse.urlsplit(uri)
         path = urllib.parse.unquote_to_bytes(parts.path)  # UnicodeError on a lone surrogate
     except ValueError as exc:
         raise Rejection("fetch_error", f"malformed URI {_show(uri)}: {_brief(exc)}") from exc
-    if parts.netloc not in ("", "localhost") or not path.startswith(b"/"):
-        raise Rejection("fetch_error", f"not a local absolute file URI: {_show(uri)}")
+    if not path.startswith(b"/") and not parts.netloc:
+        raise Rejection("fetch_error", f"not an absolute file URI: {_show(uri)}")
     shown = _show(path.decode("utf-8", "replace"))
+    if b"\0" in path:
+        raise Rejection("fetch_error", f"malformed file path {shown}: an embedded NUL byte")
     too_large = Rejection("too_large", f"{shown} is larger than the limit of {limit} bytes")
     try:
+        path, prefix = policy.resolve_file(uri, parts.netloc, path)  # the path as resolved
         # stat first: a FIFO or a device is never even opened (opening may block or act);
         # fstat after: what was opened, in case the path was swapped in between.
         if not stat.S_ISREG(os.stat(path).st_mode):
@@ -100,6 +112,7 @@ def _read_file(uri: str, limit: int, deadline: float) -> bytes:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise Rejection("fetch_error", f"{shown} is not a regular file")
+            policy.check_opened(uri, fd, prefix, path)
             if info.st_size > limit:  # a short cut only: the bound below is the guarantee
                 raise too_large
             return _drain(lambda n: os.read(fd, n), limit, too_large, lambda: _tick(deadline))
@@ -150,17 +163,17 @@ class _Clock:
         return (kind if passing else Rejection)("fetch_error", f"{self.shown}: {_brief(exc)}")
 
 
-def _read_http(uri: str, limit: int, timeout_s: float) -> bytes:
+def _read_http(uri: str, limit: int, timeout_s: float, policy: ReferencePolicy) -> bytes:
     if not timeout_s > 0:  # also NaN
         raise TransientError("fetch_error", f"{_show(uri)}: no time left before its deadline")
     clock, url = _Clock(timeout_s, _show(uri)), uri
     try:
         clock.timer.start()  # RuntimeError when no thread can start: transient
-        for _ in range(_MAX_REDIRECTS + 1):
-            location, data = _get(url, limit, clock)
+        for _ in range(_MAX_REDIRECTS + 1):  # each hop was checked by the policy
+            location, data = _get(url, limit, clock, policy.headers())
             if location is None:
                 return data
-            url = urllib.parse.urljoin(url, location)
+            url = policy.follow(uri, url, location)  # reference_refused: never connected to
     except (OSError, ValueError, RuntimeError, http.client.HTTPException) as exc:
         raise clock.failure(exc) from exc
     finally:
@@ -192,7 +205,7 @@ def _tls() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def _get(url: str, limit: int, clock: _Clock) -> tuple[str | None, bytes]:
+def _get(url: str, limit: int, clock: _Clock, extra: dict[str, str]) -> tuple[str | None, bytes]:
     """One GET: (a redirect's Location, b"") or (None, the body)."""
     scheme, host, port, target = _target(url)
     sock = _connect(host, port, clock)
@@ -209,7 +222,8 @@ def _get(url: str, limit: int, clock: _Clock) -> tuple[str | None, bytes]:
             conn = http.client.HTTPConnection(host, port)
         conn.sock = sock  # connected already: http.client only speaks HTTP on it
         sock.settimeout(clock.left())
-        conn.request("GET", target, headers={"Accept": _ACCEPT, "Connection": "close"})
+        headers = {"Accept": _ACCEPT, "Connection": "close", **extra}
+        conn.request("GET", target, headers=headers)
         sock.settimeout(clock.left())
         response = conn.getresponse()
         status = response.status

@@ -32,6 +32,7 @@ size limits (``max_pixels``, ``max_frames``, ``max_message_bytes``) bound that o
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -56,6 +57,7 @@ from worker.imaging import (
     write_thumbnail,
 )
 from worker.inference import ModelSet, Prediction, cnn_input
+from worker.references import ReferencePolicy
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,14 +105,15 @@ def prepare(
     event: ScanEvent,
     settings: Settings,
     imaging: ImagingConfig = ImagingConfig(),
-    reader: Callable[..., bytes] = fetch,
+    reader: Callable[..., bytes] | None = None,
     deadline: float | None = None,
     clock: Clock = time.monotonic,
 ) -> Prepared:
     """Fetch (reference events), decode and analyse every frame. Raises Rejection/TransientError.
 
     ``deadline`` (on ``clock``) is the event's budget: checked between stages and frames, and no
-    fetch may run past it.
+    fetch may run past it. ``reader`` (uri, max_bytes, timeout_s, sha256) defaults to
+    :func:`~worker.fetch.fetch` under the settings' :class:`~worker.references.ReferencePolicy`.
     """
     budget = settings.event_timeout_s
     timings: dict[str, float] = {}
@@ -120,6 +123,8 @@ def prepare(
         if deadline is not None:
             timeout_s = min(timeout_s, deadline - clock())
             _check_budget(deadline, clock, "fetch", budget)
+        if reader is None:
+            reader = functools.partial(fetch, policy=ReferencePolicy.from_settings(settings))
         t0 = time.perf_counter()
         data = reader(event.uri or "", settings.max_message_bytes, timeout_s, event.expected_sha256)
         timings["fetch"] = (time.perf_counter() - t0) * 1e3
@@ -174,7 +179,8 @@ class Pipeline:
     """The one composition of the stages: events in, one :class:`Outcome` per event out.
 
     ``reader``, ``clock`` and ``sleep`` are injectable for tests (a reader that never answers,
-    a clock that jumps past the budget).
+    a clock that jumps past the budget). The default reader is :func:`~worker.fetch.fetch` under
+    the :class:`~worker.references.ReferencePolicy` of ``settings``, built once here.
     """
 
     def __init__(
@@ -182,11 +188,13 @@ class Pipeline:
         models: ModelSet,
         settings: Settings,
         imaging: ImagingConfig = ImagingConfig(),
-        reader: Callable[..., bytes] = fetch,
+        reader: Callable[..., bytes] | None = None,
         clock: Clock = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.models, self.settings, self.imaging = models, settings, imaging
+        self.policy = ReferencePolicy.from_settings(settings)
+        reader = reader or functools.partial(fetch, policy=self.policy)
         self._reader, self._clock, self._sleep = reader, clock, sleep
 
     def process(

@@ -23,7 +23,9 @@ def test_mixed_stream_ends_in_findings_and_faithful_dead_letters(
     isolated_settings: Settings, pydicom_files: Path, tmp_path: Path
 ) -> None:
     # 300 kB limit: a 512x512 CT phantom (512 kB) is "too large", the small samples are not.
-    settings = isolated_settings.replace(max_message_bytes=300_000)
+    settings = isolated_settings.replace(
+        max_message_bytes=300_000, reference_allow=(tmp_path.as_uri() + "/",)
+    )
     assert settings.bootstrap_servers
     good_file = tmp_path / "good.dcm"
     good_file.write_bytes(encode_ct(ct_slice(3, 128), study="ref", instance=1))

@@ -169,6 +169,7 @@ def test_every_record_shape_ends_in_exactly_one_result(
         "SCANSTREAM_FETCH_TIMEOUT_S": "2",
         "SCANSTREAM_FETCH_ATTEMPTS": "2",
         "SCANSTREAM_EVENT_TIMEOUT_S": "20",
+        "SCANSTREAM_REFERENCE_ALLOW": f"file:///dev/,{tmp_path.as_uri()}/,{http_server}/",
     }
     started = time.monotonic()
     proc = subprocess.Popen(

@@ -16,6 +16,7 @@ def test_reason_codes_are_the_contract() -> None:
         "too_large",
         "schema_error",
         "fetch_error",
+        "reference_refused",
         "unsupported_image",
         "timeout",
         "result_refused",

@@ -1,4 +1,8 @@
-"""The reader: file:// and http(s):// (a real local HTTP server), final vs transient failures."""
+"""The reader: file:// and http(s):// (a real local HTTP server), final vs transient failures.
+
+Each test allows exactly its own server or folder; the policy itself is tested in
+tests/unit/test_references.py.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from loopback_http import serving
 
 from worker.errors import Rejection, TransientError
 from worker.fetch import fetch
+from worker.references import ReferencePolicy
 
 BODY = b"DICM-ish bytes" * 100
 
@@ -37,35 +42,41 @@ def server() -> Iterator[str]:
         yield url
 
 
+def allowing(*prefixes: str) -> ReferencePolicy:
+    return ReferencePolicy.parse(prefixes, "")
+
+
 def test_http_fetch_and_its_failures(server: str) -> None:
-    assert fetch(f"{server}/ok", max_bytes=10_000, timeout_s=5) == BODY
+    here = allowing(server + "/")
+    assert fetch(f"{server}/ok", max_bytes=10_000, timeout_s=5, policy=here) == BODY
     digest = hashlib.sha256(BODY).hexdigest()
-    assert fetch(f"{server}/ok", 10_000, 5, sha256=digest) == BODY
+    assert fetch(f"{server}/ok", 10_000, 5, sha256=digest, policy=here) == BODY
     with pytest.raises(Rejection, match="sha256"):
-        fetch(f"{server}/ok", 10_000, 5, sha256="0" * 64)
+        fetch(f"{server}/ok", 10_000, 5, sha256="0" * 64, policy=here)
     with pytest.raises(Rejection, match="too_large"):
-        fetch(f"{server}/ok", max_bytes=10, timeout_s=5)
+        fetch(f"{server}/ok", max_bytes=10, timeout_s=5, policy=here)
     with pytest.raises(Rejection, match="HTTP 404"):
-        fetch(f"{server}/missing", 10_000, 5)
+        fetch(f"{server}/missing", 10_000, 5, policy=here)
     with pytest.raises(TransientError, match="HTTP 503"):
-        fetch(f"{server}/busy", 10_000, 5)
+        fetch(f"{server}/busy", 10_000, 5, policy=here)
 
 
 def test_http_asks_for_the_part_10_object(server: str) -> None:
     # WADO-RS answers multipart/related unless asked for application/dicom.
-    accept = fetch(f"{server}/accept", 10_000, 5)
+    accept = fetch(f"{server}/accept", 10_000, 5, policy=allowing(server))
     assert accept == b"application/dicom, multipart/related; type=application/dicom"
 
 
 def test_file_fetch_and_schemes(tmp_path: Path) -> None:
+    here = allowing(tmp_path.as_uri(), "http://127.0.0.1:9/")
     path = tmp_path / "a.dcm"
     path.write_bytes(BODY)
-    assert fetch(path.as_uri(), 10_000, 1) == BODY
+    assert fetch(path.as_uri(), 10_000, 1, policy=here) == BODY
     with pytest.raises(Rejection) as info:
-        fetch((tmp_path / "gone.dcm").as_uri(), 10_000, 1)
+        fetch((tmp_path / "gone.dcm").as_uri(), 10_000, 1, policy=here)
     assert info.value.reason == "fetch_error"
     with pytest.raises(Rejection, match="scheme"):
-        fetch("s3://bucket/key", 10_000, 1)
+        fetch("s3://bucket/key", 10_000, 1, policy=here)
     refused = "http://127.0.0.1:9/x"  # discard port: nothing listens, connection refused
     with pytest.raises(TransientError):
-        fetch(refused, 10_000, 1)
+        fetch(refused, 10_000, 1, policy=here)

@@ -2,6 +2,8 @@
 
 Every server here listens on 127.0.0.1 only, runs bounded loops and stops on its own once the
 client goes away; no test resolves a real name (getaddrinfo is faked wherever a name is used).
+These tests are about reading what is allowed: ``fetch`` here allows every local file and the
+URI's own origin (the policy itself: tests/unit/test_references.py).
 """
 
 from __future__ import annotations
@@ -29,11 +31,26 @@ from hypothesis import strategies as st
 from loopback_http import serving
 
 from worker import fetch as fetch_module
-from worker.errors import Rejection, TransientError
-from worker.fetch import fetch
+from worker.errors import ConfigError, Rejection, TransientError
+from worker.fetch import fetch as fetch_under
+from worker.references import ReferencePolicy
 
 BODY = b"DICM-ish bytes" * 100
 REAL_GETADDRINFO = socket.getaddrinfo
+
+
+def fetch(uri: str, max_bytes: int, timeout_s: float, sha256: str | None = None) -> bytes:
+    """The reader, allowing every local file and the origin of ``uri`` (when it has one)."""
+    prefixes = ["file:///"]
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        if parts.scheme in ("http", "https") and "@" not in parts.netloc:
+            ReferencePolicy.parse((f"{parts.scheme}://{parts.netloc}/",), "")  # a valid prefix?
+            prefixes.append(f"{parts.scheme}://{parts.netloc}/")
+    except (ValueError, ConfigError):
+        pass
+    policy = ReferencePolicy.parse(tuple(prefixes), "")
+    return fetch_under(uri, max_bytes, timeout_s, sha256, policy=policy)
 
 
 class Hostile(http.server.BaseHTTPRequestHandler):
@@ -274,7 +291,9 @@ def test_file_at_exactly_the_limit_is_read(tmp_path: Path) -> None:
     path.write_bytes(b"x" * 1000)
     assert fetch(path.as_uri(), 1000, 1) == b"x" * 1000
     assert reason_of(lambda: fetch(path.as_uri(), 999, 1))[1] == "too_large"
-    assert fetch(f"file://localhost{path}", 1000, 1) == b"x" * 1000
+    for host in ("localhost", "remote.example"):  # a file URI with a host: refused, unread
+        kind, reason, detail = reason_of(partial(fetch, f"file://{host}{path}", 1000, 1))
+        assert (kind, reason) == (Rejection, "reference_refused") and "host" in detail
 
 
 @pytest.mark.parametrize(
@@ -283,7 +302,6 @@ def test_file_at_exactly_the_limit_is_read(tmp_path: Path) -> None:
         "file:",
         "file://",
         "file:relative/path",
-        "file://remote.example/etc/passwd",
         "file:///tmp/a%00b",
         "file:///tmp/a\x00b",
         "file:///" + "a" * 5000,
@@ -349,18 +367,18 @@ def test_redirects_are_followed_within_five_hops(server: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "words"),
+    ("path", "reason", "words"),
     [
-        ("/redirect/6", "too many redirects"),
-        ("/loop", "too many redirects"),
-        ("/to-file", "unsupported URI scheme 'file'"),
-        ("/no-location", "without Location"),
+        ("/redirect/6", "fetch_error", "too many redirects"),
+        ("/loop", "fetch_error", "too many redirects"),
+        ("/to-file", "reference_refused", "redirect left the prefixes"),  # file:// allowed too
+        ("/no-location", "fetch_error", "without Location"),
     ],
 )
-def test_bad_redirects_are_rejected(server: str, path: str, words: str) -> None:
-    kind, reason, detail = reason_of(lambda: fetch(server + path, 10_000, 5))
-    assert (kind, reason) == (Rejection, "fetch_error")
-    assert words in detail
+def test_bad_redirects_are_rejected(server: str, path: str, reason: str, words: str) -> None:
+    kind, got, detail = reason_of(lambda: fetch(server + path, 10_000, 5))
+    assert (kind, got) == (Rejection, reason)
+    assert words in detail and "passwd" not in detail  # never the Location
 
 
 def test_tls_handshake_cut_short_is_transient(hangup_port: int) -> None:
@@ -516,7 +534,7 @@ def only_rejection_or_transient(uri: str, server: str, hangup_port: int) -> None
         try:
             result = fetch(uri, 1 << 16, 2.0)
         except (Rejection, TransientError) as exc:
-            assert exc.reason in ("fetch_error", "too_large"), exc
+            assert exc.reason in ("fetch_error", "too_large", "reference_refused"), exc
         else:
             assert isinstance(result, bytes)
 

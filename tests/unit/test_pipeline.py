@@ -68,11 +68,29 @@ def test_reference_event_is_fetched(models: ModelSet, tmp_path: object) -> None:
 
     path = Path(str(tmp_path)) / "x.dcm"
     path.write_bytes(encode_ct(ct_slice(3, 64)))
-    finding = analyze(ScanEvent("r", 0.0, uri=path.as_uri()), models, Settings())
+    settings = Settings(reference_allow=(path.parent.as_uri() + "/",))
+    finding = analyze(ScanEvent("r", 0.0, uri=path.as_uri()), models, settings)
     assert "fetch" in finding["timings_ms"]
     with pytest.raises(Rejection) as info:
-        analyze(ScanEvent("r", 0.0, uri=(path.parent / "no.dcm").as_uri()), models, Settings())
+        analyze(ScanEvent("r", 0.0, uri=(path.parent / "no.dcm").as_uri()), models, settings)
     assert info.value.reason == "fetch_error"
+
+
+def test_reference_events_are_refused_by_default(models: ModelSet, tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "x.dcm"
+    path.write_bytes(encode_ct(ct_slice(3, 64)))
+    for uri in (path.as_uri(), "http://127.0.0.1:9/x"):
+        [outcome] = Pipeline(models, Settings()).process([ScanEvent("r", 0.0, uri=uri)])
+        assert outcome.reason == "reference_refused"
+        assert (
+            outcome.rejection is not None
+            and "SCANSTREAM_REFERENCE_ALLOW" in outcome.rejection.detail
+        )
+    outside = Settings(reference_allow=((path.parent / "elsewhere").as_uri(),))
+    [outcome] = Pipeline(models, outside).process([ScanEvent("r", 0.0, uri=path.as_uri())])
+    assert outcome.reason == "reference_refused"
 
 
 def _outcome(models: ModelSet, event: ScanEvent, **kw: object) -> Outcome:

@@ -2,8 +2,10 @@
 
 Each file becomes one inline event (value = the file's bytes, ``content-type:
 application/dicom``) or, with ``reference=True``, one claim-check event whose JSON value points
-at the file. The key is the StudyInstanceUID (read without pixel data) so that one study stays
-on one partition and in order; unreadable files are sent with no key and will be dead-lettered.
+at the file (the worker reads it only if its ``SCANSTREAM_REFERENCE_ALLOW`` covers the file's
+folder: :func:`reference_allow_line`). The key is the StudyInstanceUID (read without pixel
+data) so that one study stays on one partition and in order; unreadable files are sent with no
+key and will be dead-lettered.
 """
 
 from __future__ import annotations
@@ -74,6 +76,19 @@ def publish_bytes(
         headers=event_headers(event_id, sent_at, "application/dicom"),
     )
     return Published(event_id, "", sent_at)
+
+
+def reference_allow_line(paths: Iterable[str | Path]) -> str:
+    """The ``SCANSTREAM_REFERENCE_ALLOW`` line a worker needs to read these files' claim-check
+    events: their folders, resolved as the events' URIs are (a folder inside another is left out).
+
+    >>> reference_allow_line(["/no-such/a/x.dcm", "/no-such/a/b/y.dcm", "/no-such/c d/z.dcm"])
+    'SCANSTREAM_REFERENCE_ALLOW=file:///no-such/a/,file:///no-such/c%20d/'
+    """
+    folders = sorted({Path(p).resolve().parent for p in paths})
+    kept = [f for f in folders if not any(f != o and f.is_relative_to(o) for o in folders)]
+    uris = [f.as_uri() if f.as_uri().endswith("/") else f.as_uri() + "/" for f in kept]
+    return "SCANSTREAM_REFERENCE_ALLOW=" + ",".join(uris)
 
 
 def publish_files(
