@@ -33,6 +33,7 @@ worker.errors.Rejection: not_dicom: not a DICOM dataset (no DICM preamble and no
 from __future__ import annotations
 
 import io
+import logging
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.decoders.base import get_decoder
@@ -49,6 +51,8 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
 from worker.errors import Reason, Rejection
+
+log = logging.getLogger(__name__)
 
 # Elements any real DICOM object carries; a forced parse of random bytes finds none of them.
 _IDENTITY_TAGS = ("SOPClassUID", "SOPInstanceUID", "Modality", "StudyInstanceUID", "Rows")
@@ -99,6 +103,58 @@ class DecodedInstance:
 # analysis cannot handle (``unsupported_image``).
 MIN_SIDE: Final = 8
 _UID: Final = re.compile(r"[0-9]+(\.[0-9]+)*")
+# Library messages quote element values ("Unknown (0028,0004) 'Photometric Interpretation' value
+# 'X'", "could not convert string to float: 'X'"): a quoted span is withheld from a detail unless
+# it is the name of a DICOM element.
+_QUOTED: Final = re.compile(r"b?'[^']*'|b?\"[^\"]*\"")
+_TAG: Final = re.compile(r"\([0-9A-Fa-f]{4}, ?[0-9A-Fa-f]{4}\)")
+
+
+def _message(exc: BaseException) -> str:
+    """``exc`` for a Rejection detail: its type and message, element values withheld."""
+
+    def withhold(match: re.Match[str]) -> str:
+        text = match.group(0)
+        name = text.strip("b'\"")  # 'Photometric Interpretation' names PhotometricInterpretation
+        return text if name and tag_for_keyword(name.replace(" ", "")) else "'...'"
+
+    return f"{type(exc).__name__}: {_QUOTED.sub(withhold, str(exc))}"
+
+
+def _uid_text(value: object) -> str:
+    """A UID for a detail; anything else in a UID element is withheld (it may be any text)."""
+    text = str(value)
+    return text if len(text) <= 64 and _UID.fullmatch(text) else "(not a UID)"
+
+
+class _WithheldPydicomLog(logging.Handler):
+    """pydicom's log messages quote element values ("Invalid value for VR DA: '1923-04-17'"), so
+    they never reach the application's handlers: each warning or error becomes one DEBUG line
+    of ours that names only its level and the tags it mentions."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.WARNING or not log.isEnabledFor(logging.DEBUG):
+            return
+        try:
+            tags = sorted(set(_TAG.findall(record.getMessage())))
+        except Exception:  # noqa: BLE001 - a malformed library record: say nothing of it
+            tags = []
+        log.debug(
+            "pydicom %s withheld (it may quote element values)%s",
+            record.levelname.lower(),
+            f"; tags {', '.join(tags)}" if tags else "",
+        )
+
+
+def _contain_pydicom_logs() -> None:
+    # The "pydicom" logger is the parent of every pydicom.* logger, so its handlers see them all.
+    pydicom_log = logging.getLogger("pydicom")
+    if not any(isinstance(h, _WithheldPydicomLog) for h in pydicom_log.handlers):
+        pydicom_log.addHandler(_WithheldPydicomLog())
+    pydicom_log.propagate = False
+
+
+_contain_pydicom_logs()
 
 
 def decode(data: bytes, limits: Limits = Limits()) -> DecodedInstance:
@@ -120,7 +176,7 @@ def decode(data: bytes, limits: Limits = Limits()) -> DecodedInstance:
         except BaseException as exc:
             if not _is_decoder_failure(exc):
                 raise
-            raise Rejection("decode_error", f"{type(exc).__name__}: {exc}") from exc
+            raise Rejection("decode_error", _message(exc)) from exc
     _check_integrity(frames)
     return DecodedInstance(meta, frames)
 
@@ -130,13 +186,13 @@ def _parse(data: bytes) -> Dataset:
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
     except InvalidDicomError as exc:
-        raise Rejection("not_dicom", f"not a DICOM dataset ({exc})") from exc
+        raise Rejection("not_dicom", f"not a DICOM dataset ({_message(exc)})") from exc
     except (EOFError, OSError) as exc:
         reason: Reason = "truncated" if has_preamble else "not_dicom"
-        raise Rejection(reason, f"dataset ends unexpectedly ({exc})") from exc
+        raise Rejection(reason, f"dataset ends unexpectedly ({_message(exc)})") from exc
     except Exception as exc:
         guess: Reason = "truncated" if has_preamble and _looks_truncated(exc) else "not_dicom"
-        raise Rejection(guess, f"unparsable dataset ({type(exc).__name__}: {exc})") from exc
+        raise Rejection(guess, f"unparsable dataset ({_message(exc)})") from exc
     if has_preamble:
         return ds  # a Part 10 file that parsed: DICOM, with or without an image
     try:
@@ -160,7 +216,8 @@ def _int(ds: Dataset, keyword: str, default: int) -> int:
     try:
         return int(value) if value not in (None, "") else default
     except (TypeError, ValueError) as exc:
-        raise Rejection("decode_error", f"{keyword}={value!r} is not an integer") from exc
+        # The value itself is withheld: an IS element may hold any text.
+        raise Rejection("decode_error", f"{keyword} is not an integer") from exc
 
 
 def _pixels(ds: Dataset, limits: Limits) -> tuple[InstanceMeta, np.ndarray]:
@@ -170,7 +227,7 @@ def _pixels(ds: Dataset, limits: Limits) -> tuple[InstanceMeta, np.ndarray]:
             # bytes stop early (pydicom stops quietly at the end of the data).
             raise Rejection("truncated", "the dataset ends before its pixel data")
         raise Rejection(
-            "no_pixel_data", f"SOP class {ds.get('SOPClassUID', 'unknown')} has no image"
+            "no_pixel_data", f"SOP class {_uid_text(ds.get('SOPClassUID', ''))} has no image"
         )
     file_meta = getattr(ds, "file_meta", None)
     ts = UID(str(file_meta.get("TransferSyntaxUID", "") if file_meta else "") or _guess_ts(ds))
@@ -220,7 +277,8 @@ def _pixels(ds: Dataset, limits: Limits) -> tuple[InstanceMeta, np.ndarray]:
         try:
             decoder = get_decoder(ts)
         except NotImplementedError as exc:
-            raise Rejection("unsupported_transfer_syntax", f"no decoder for {ts}") from exc
+            detail = f"no decoder for {_uid_text(ts)}"
+            raise Rejection("unsupported_transfer_syntax", detail) from exc
         if not decoder.is_available:
             raise Rejection("unsupported_transfer_syntax", f"no installed decoder for {ts.name}")
     try:
@@ -229,7 +287,7 @@ def _pixels(ds: Dataset, limits: Limits) -> tuple[InstanceMeta, np.ndarray]:
     except BaseException as exc:
         if not _is_decoder_failure(exc):
             raise
-        raise Rejection("decode_error", f"{ts.name}: {type(exc).__name__}: {exc}") from exc
+        raise Rejection("decode_error", f"{ts.name}: {_message(exc)}") from exc
     modality = str(ds.get("Modality", "OT") or "OT").strip().upper()
     meta = InstanceMeta(
         study_uid=str(ds.get("StudyInstanceUID", "")),
@@ -278,7 +336,7 @@ def _to_modality_units(ds: Dataset, meta: InstanceMeta, arr: np.ndarray) -> npt.
         else:
             arr = apply_rescale(arr, ds)
     except Exception as exc:
-        raise Rejection("decode_error", f"colour/rescale: {type(exc).__name__}: {exc}") from exc
+        raise Rejection("decode_error", f"colour/rescale: {_message(exc)}") from exc
     frames = np.asarray(arr, dtype=np.float32)
     if meta.photometric == "MONOCHROME1":
         frames = np.float32(frames.max() + frames.min()) - frames
