@@ -15,6 +15,7 @@ file so that ``status`` and ``stop`` can find it from another process.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
+from worker.broker_secure import ADMIN, MECHANISM, SecureSetup
 from worker.errors import BrokerError
 
 KAFKA_VERSION: Final = "4.1.1"
@@ -78,6 +80,7 @@ class BrokerInfo:
     data_dir: str
     log_file: str
     version: str = KAFKA_VERSION
+    secure: bool = False  # SASL_SSL with SCRAM and ACLs (worker/broker_secure.py)
 
 
 def cache_root() -> Path:
@@ -186,7 +189,16 @@ def status(state_dir: Path | None = None) -> BrokerInfo | None:
     return None
 
 
-def _properties(port: int, controller_port: int, data_dir: Path) -> str:
+def secure_setup(info: BrokerInfo) -> SecureSetup | None:
+    """The CA, users and passwords of a broker started with ``secure=True`` (else None)."""
+    if not info.secure:
+        return None
+    return SecureSetup(**json.loads(Path(info.data_dir, "secure.json").read_text()))
+
+
+def _properties(
+    port: int, controller_port: int, data_dir: Path, secure: SecureSetup | None = None
+) -> str:
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -214,16 +226,31 @@ def _properties(port: int, controller_port: int, data_dir: Path) -> str:
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
     }
+    if secure is not None:
+        settings.update(secure.properties(port, controller_port))
     return "".join(f"{k}={v}\n" for k, v in settings.items())
 
 
 def start(
-    state_dir: Path | None = None, port: int | None = None, timeout_s: float = 90.0
+    state_dir: Path | None = None,
+    port: int | None = None,
+    timeout_s: float = 90.0,
+    secure: bool = False,
 ) -> tuple[BrokerInfo, bool]:
-    """Start a broker (or find the running one). Returns (info, started_now)."""
+    """Start a broker (or find the running one). Returns (info, started_now).
+
+    ``secure``: a SASL_SSL listener with SCRAM users and ACLs (see worker/broker_secure.py).
+    A running broker of the other kind is an error, not silently reused.
+    """
     state_dir = state_dir or default_state_dir()
     running = status(state_dir)
     if running is not None:
+        if running.secure != secure:
+            kind = "secured" if running.secure else "plaintext"
+            raise BrokerError(
+                f"a {kind} local broker is already running at {running.bootstrap}; "
+                "stop it first with `scanstream broker stop`"
+            )
         return running, False
     jars = fetch_jars()
     java = _java()
@@ -233,8 +260,9 @@ def start(
     controller_port = free_port()
     while controller_port == port:
         controller_port = free_port()
+    setup = SecureSetup.create(data_dir / "tls") if secure else None
     props = data_dir / "server.properties"
-    props.write_text(_properties(port, controller_port, data_dir))
+    props.write_text(_properties(port, controller_port, data_dir, setup))
     log_file = data_dir / "server.log"
     log_cfg = data_dir / "log4j2.properties"
     log_cfg.write_text(_LOG4J2.format(log=log_file))
@@ -251,8 +279,17 @@ def start(
     ]
     cluster_id = _cluster_id()
     # "--cluster-id=" form: a base64url id may begin with "-", which would read as an option.
+    scram = setup.scram_arguments() if setup else []
     fmt = subprocess.run(
-        [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)],
+        [
+            *jvm,
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cluster_id}",
+            "-c",
+            str(props),
+            *scram,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -269,14 +306,29 @@ def start(
             start_new_session=True,  # own process group: stop() can kill the whole JVM tree
         )
     _CHILDREN[proc.pid] = proc
-    info = BrokerInfo(proc.pid, f"127.0.0.1:{port}", controller_port, str(data_dir), str(log_file))
+    info = BrokerInfo(
+        proc.pid, f"127.0.0.1:{port}", controller_port, str(data_dir), str(log_file), secure=secure
+    )
+    if setup is not None:
+        _private_json(data_dir / "secure.json", asdict(setup))
+        setup.write_env_files(info.bootstrap)
     try:
         _wait_ready(info, proc, timeout_s)
+        if setup is not None:
+            from worker.runtime.acls import provision_local
+
+            provision_local(info.bootstrap, setup)
     except BrokerError:
         _kill(proc.pid)
         raise
     _state_file(state_dir).write_text(json.dumps(asdict(info)))
     return info, True
+
+
+def _private_json(path: Path, value: object) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(value, fh)
 
 
 def _cluster_id() -> str:
@@ -299,7 +351,11 @@ def _wait_ready(info: BrokerInfo, proc: subprocess.Popen[bytes], timeout_s: floa
             raise BrokerError(f"the Kafka broker exited with {proc.returncode}:\n{tail}")
         if _port_open(host, int(port)):
             try:
-                admin = KafkaAdminClient(bootstrap_servers=info.bootstrap, request_timeout_ms=5000)
+                admin = KafkaAdminClient(
+                    bootstrap_servers=info.bootstrap,
+                    request_timeout_ms=5000,
+                    **_admin_security(info),
+                )
                 try:
                     admin.describe_cluster()
                     return
@@ -309,6 +365,20 @@ def _wait_ready(info: BrokerInfo, proc: subprocess.Popen[bytes], timeout_s: floa
                 last = exc
         time.sleep(0.3)
     raise BrokerError(f"the Kafka broker did not answer within {timeout_s:.0f} s ({last!r})")
+
+
+def _admin_security(info: BrokerInfo) -> dict[str, object]:
+    """kafka-python arguments for the broker's own admin login (empty when plaintext)."""
+    setup = secure_setup(info)
+    if setup is None:
+        return {}
+    return {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": MECHANISM,
+        "sasl_plain_username": ADMIN,
+        "sasl_plain_password": setup.admin_password,
+        "ssl_cafile": setup.ca_file,
+    }
 
 
 def _kill(pid: int, grace_s: float = 20.0) -> None:
@@ -373,7 +443,7 @@ def restart_in_place(info: BrokerInfo, state_dir: Path, down_s: float = 0.0) -> 
             start_new_session=True,
         )
     _CHILDREN[proc.pid] = proc
-    new = BrokerInfo(proc.pid, info.bootstrap, info.controller_port, info.data_dir, info.log_file)
+    new = dataclasses.replace(info, pid=proc.pid)
     _wait_ready(new, proc, 90.0)
     _state_file(state_dir).write_text(json.dumps(asdict(new)))
     return new

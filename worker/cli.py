@@ -44,10 +44,17 @@ def cmd_broker(args: argparse.Namespace) -> int:
     if args.action == "fetch":
         print(broker.fetch_jars())
     elif args.action == "start":
-        info, started = broker.start()
+        info, started = broker.start(secure=args.secure)
         verb = "started" if started else "already running"
-        print(f"Kafka {info.version} {verb} (pid {info.pid}); bootstrap: {info.bootstrap}")
-        print(f"export KAFKA_BOOTSTRAP_SERVERS={info.bootstrap}")
+        kind = " secured (SASL_SSL, SCRAM-SHA-512, ACLs)" if info.secure else ""
+        print(f"Kafka {info.version}{kind} {verb} (pid {info.pid}); bootstrap: {info.bootstrap}")
+        setup = broker.secure_setup(info)
+        if setup is None:
+            print(f"export KAFKA_BOOTSTRAP_SERVERS={info.bootstrap}")
+        else:
+            # The client user's environment (its password too: a throwaway broker for trying).
+            for key, value in setup.client_env(info.bootstrap).items():
+                print(f"export {key}={value}")
     elif args.action == "stop":
         stopped = broker.stop()
         print(f"stopped the broker (pid {stopped.pid})" if stopped else "no broker was running")
@@ -57,6 +64,22 @@ def cmd_broker(args: argparse.Namespace) -> int:
             print("not running")
             return 3
         print(f"running (pid {running.pid}); bootstrap: {running.bootstrap}")
+    return 0
+
+
+def cmd_acls(args: argparse.Namespace) -> int:
+    """Print the ``kafka-acls.sh`` arguments of one role, for these settings."""
+    from worker.runtime import acls
+
+    settings = _settings(args)
+    roles = {
+        "worker": acls.worker_grants,
+        "publisher": acls.publisher_grants,
+        "reader": acls.reader_grants,
+    }
+    for grant in roles[args.role](settings):
+        line = grant.line(args.principal)
+        print(f"kafka-acls.sh --bootstrap-server $KAFKA_BOOTSTRAP_SERVERS --add {line}")
     return 0
 
 
@@ -71,13 +94,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from worker.runtime import kafka as kafka_clients
-    from worker.runtime.publisher import publish_files
+    from worker.runtime.publisher import publish_files, reference_allow_line
 
     settings = _settings(args)
     bootstrap, _ = kafka_clients.resolve_bootstrap(settings, start_local=False)
     kafka_clients.ensure_topics(bootstrap, settings)
     sent = publish_files(args.paths, bootstrap, settings, reference=args.reference)
     print(f"published {len(sent)} event(s) to {settings.events_topic} at {bootstrap}")
+    if args.reference and sent:  # the worker is another process: it must allow these folders
+        print("the worker reads these claim checks only if it is started with:", file=sys.stderr)
+        print(reference_allow_line(p.path for p in sent), file=sys.stderr)
     return 0
 
 
@@ -187,7 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("broker", help="the local Apache Kafka (KRaft) for development and tests")
     p.add_argument("action", choices=["start", "stop", "status", "fetch"])
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="start: a SASL_SSL listener with a CA made for the run, SCRAM users and ACLs",
+    )
     p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("acls", help="print the Kafka ACLs a role needs with these settings")
+    p.add_argument("role", choices=["worker", "publisher", "reader"])
+    p.add_argument("--principal", default="User:scanstream")
+    p.set_defaults(func=cmd_acls)
 
     p = sub.add_parser("models", help="list or verify the ONNX models and their cards")
     p.add_argument("action", choices=["list", "verify"])

@@ -209,6 +209,10 @@ class Settings:
                 "SCANSTREAM_TOPIC_REPLICATION_FACTOR (production: 3 replicas, 2 in sync)"
             )
         _check_security(self)
+        # Imported here: worker.references imports Secret from this module.
+        from worker.references import ReferencePolicy
+
+        ReferencePolicy.from_settings(self)  # ConfigError for a bad prefix or auth value
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 from worker.bench.report import latency_summary, stage_means
 from worker.broker import free_port
@@ -54,6 +54,7 @@ from worker.contract import header
 from worker.errors import ScanStreamError
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.publisher import event_headers
+from worker.runtime.security import client_security
 from worker.settings import Settings
 
 #: Partitions of the bench topics: divisible by 1 and 2, so two processes get equal shares.
@@ -107,7 +108,7 @@ def delete_topics(bootstrap: str, settings: Settings) -> None:
     """Best effort: a phase's topics hold hundreds of MB of events that nobody needs later."""
     topics = [settings.events_topic, settings.findings_topic, settings.alerts_topic]
     with contextlib.suppress(Exception):
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+        admin = kafka_clients.admin_client(bootstrap, settings)
         with contextlib.closing(admin):
             admin.delete_topics([*topics, settings.dlq_topic])
 
@@ -121,6 +122,7 @@ class FindingReader:
             enable_auto_commit=False,
             fetch_max_wait_ms=50,  # an answer should not sit at the broker: it is the latency
             max_partition_fetch_bytes=settings.max_message_bytes + (1 << 20),
+            **client_security(settings),
         )
         self._findings, self._dlq = settings.findings_topic, settings.dlq_topic
         tps = [

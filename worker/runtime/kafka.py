@@ -25,12 +25,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import socket
 import time
 from collections.abc import Iterable
 from typing import Any, Final
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import errors as KafkaErrors
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from kafka.producer.future import FutureRecordMetadata
@@ -39,6 +39,9 @@ from kafka.serializer import Serializer
 
 from worker import broker
 from worker.errors import BrokerError, ConfigError
+from worker.runtime import security
+from worker.runtime.connect import login_hint
+from worker.runtime.connect import wait_for_broker as wait_for_broker
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -129,66 +132,6 @@ def wire_headers(headers: Iterable[tuple[str, bytes | None]]) -> list[tuple[str,
     return out
 
 
-def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
-    """Return once the broker answers a metadata request; raise BrokerError naming the address
-    and the cause otherwise, within about ``timeout_s``.
-
-    >>> wait_for_broker("127.0.0.1:9", 1)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    worker.errors.BrokerError: Kafka at 127.0.0.1:9 did not answer within 1 s (...refused...); ...
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        remaining = deadline - time.monotonic()
-        why = _tcp_cause(bootstrap, max(0.2, min(remaining, 5.0)))
-        if not why:
-            break
-        cause = why
-        if time.monotonic() >= deadline:
-            raise BrokerError(
-                f"Kafka at {bootstrap} did not answer within {timeout_s:g} s ({cause}); "
-                "check KAFKA_BOOTSTRAP_SERVERS (or SCANSTREAM_BOOTSTRAP_SERVERS) and that the "
-                "broker is up and reachable, or raise SCANSTREAM_CONNECT_TIMEOUT_S"
-            )
-        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-    # The port answers: a Kafka metadata round trip within what is left.
-    left_ms = int(max(1.0, deadline - time.monotonic()) * 1000)
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, bootstrap_timeout_ms=left_ms, request_timeout_ms=left_ms
-        )
-    except Exception as exc:
-        raise BrokerError(
-            f"Kafka at {bootstrap} accepts connections but did not answer as a Kafka broker "
-            f"within {timeout_s:g} s ({type(exc).__name__}: {exc}); check the address and port "
-            "(and the security settings, if the broker needs TLS or SASL)"
-        ) from exc
-    admin.close()
-
-
-def _tcp_cause(bootstrap: str, timeout_s: float) -> str:
-    """'' if any bootstrap address accepts a TCP connection, else why none did."""
-    causes = []
-    for address in bootstrap.split(","):
-        host, _, port = address.strip().rpartition(":")
-        host = host.strip("[]") or "localhost"
-        try:
-            with socket.create_connection((host, int(port)), timeout=timeout_s):
-                return ""
-        except ValueError:
-            causes.append(f"{address.strip()!r} is not host:port")
-        except socket.gaierror as exc:
-            causes.append(f"cannot resolve {host}: {exc.strerror}")
-        except ConnectionRefusedError:
-            causes.append(f"connection to {address.strip()} refused")
-        except TimeoutError:
-            causes.append(f"connection to {address.strip()} timed out")
-        except OSError as exc:
-            causes.append(f"{address.strip()}: {exc.strerror or exc}")
-    return "; ".join(causes) or "no address given"
-
-
 def resolve_bootstrap(settings: Settings, start_local: bool = True) -> tuple[str, bool]:
     """The broker address to use, starting the local broker when none is configured.
 
@@ -208,36 +151,61 @@ def resolve_bootstrap(settings: Settings, start_local: bool = True) -> tuple[str
     return info.bootstrap, started
 
 
-def ensure_topics(bootstrap: str, settings: Settings, partitions: int = 3) -> None:
-    """Create the events, findings, alerts and dead-letter topics if they are missing."""
-    names = [
+def admin_client(bootstrap: str, settings: Settings, **extra: Any) -> KafkaAdminClient:
+    """An admin client with the security settings; BrokerError (naming the fix) if it cannot."""
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=15000,
+            bootstrap_timeout_ms=int(settings.connect_timeout_s * 1000),
+            **security.client_security(settings),
+            **extra,
+        )
+    except (
+        KafkaErrors.SaslAuthenticationFailedError,
+        KafkaErrors.UnsupportedSaslMechanismError,
+    ) as exc:
+        raise BrokerError(f"cannot log in to Kafka at {bootstrap}: {login_hint(settings)}") from exc
+    except Exception as exc:
+        raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+
+
+def topic_names(settings: Settings) -> list[str]:
+    return [
         settings.events_topic,
         settings.findings_topic,
         settings.alerts_topic,
         settings.dlq_topic,
     ]
+
+
+def ensure_topics(bootstrap: str, settings: Settings, partitions: int = 3) -> None:
+    """Create the events, findings, alerts and dead-letter topics if they are missing (with the
+    configured replication factor and ``min.insync.replicas``); with
+    ``SCANSTREAM_CREATE_TOPICS=false`` only check that they exist and are visible."""
+    names = topic_names(settings)
     limit = settings.max_message_bytes + _HEADROOM
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            request_timeout_ms=15000,
-            bootstrap_timeout_ms=int(settings.connect_timeout_s * 1000),
-        )
-    except Exception as exc:
-        raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    admin = admin_client(bootstrap, settings)
     try:
         existing = set(admin.list_topics())
+        absent = [n for n in names if n not in existing]
+        if absent and not settings.create_topics:
+            raise BrokerError(
+                f"the topics {', '.join(absent)} do not exist at {bootstrap} (or this client may "
+                "not Describe them) and SCANSTREAM_CREATE_TOPICS=false; create them (see the "
+                "README's ACL guide) or grant Describe on them"
+            )
         missing = [
             NewTopic(
                 n,
                 partitions,
-                1,
+                settings.topic_replication_factor,
                 topic_configs={
-                    "max.message.bytes": str(limit + (_HEADROOM if n == settings.dlq_topic else 0))
+                    "max.message.bytes": str(limit + (_HEADROOM if n == settings.dlq_topic else 0)),
+                    "min.insync.replicas": str(settings.topic_min_insync_replicas),
                 },
             )
-            for n in names
-            if n not in existing
+            for n in absent
         ]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
@@ -245,6 +213,12 @@ def ensure_topics(bootstrap: str, settings: Settings, partitions: int = 3) -> No
             log.info("created topics %s", [t.name for t in missing])
     except BrokerError:
         raise
+    except KafkaErrors.AuthorizationError as exc:
+        raise BrokerError(
+            f"not allowed to create the topics {', '.join(names)} at {bootstrap} "
+            f"({type(exc).__name__}); create them beforehand and set "
+            "SCANSTREAM_CREATE_TOPICS=false, or grant this principal Create on them"
+        ) from exc
     except Exception as exc:
         raise BrokerError(
             f"cannot create or list the topics {', '.join(names)} at {bootstrap} "
@@ -264,6 +238,7 @@ def producer(bootstrap: str, settings: Settings, **extra: Any) -> KafkaProducer:
         reconnect_backoff_max_ms=2000,
         max_request_size=settings.max_message_bytes + 2 * _HEADROOM,  # dead letters too
         value_serializer=NullableSerializer(),
+        **security.client_security(settings),
         **extra,
     )
 
@@ -286,6 +261,7 @@ def consumer(
         "session_timeout_ms": min(10000, settings.max_poll_interval_ms),
         "heartbeat_interval_ms": min(2000, settings.max_poll_interval_ms // 3),
         "reconnect_backoff_max_ms": 2000,
+        **security.client_security(settings),
     }
     kwargs.update(extra)
     c = KafkaConsumer(**kwargs)

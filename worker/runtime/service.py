@@ -11,11 +11,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from kafka import errors as kafka_errors
+
 from worker import __version__
-from worker.errors import ModelError
+from worker.errors import BrokerError, ModelError
 from worker.inference import ModelSet
 from worker.metrics import Health, Metrics, serve
 from worker.runtime import kafka as kafka_clients
+from worker.runtime.acls import check_access, transactional_prefix
 from worker.runtime.loop import Worker
 from worker.runtime.observer import RunStats
 from worker.settings import Settings
@@ -46,12 +49,24 @@ def start_worker(
     metrics.set_gpu_required(settings.require_gpu)
     for info in models.model_infos():
         metrics.set_model_info(info["name"], info["version"], info["execution_provider"])
+    admin = kafka_clients.admin_client(bootstrap, settings)
+    try:
+        check_access(admin, settings)
+    finally:
+        admin.close()
     consumer = None
     if consumer_config:
         consumer = kafka_clients.consumer(
             bootstrap, settings, isolation_level="read_committed", **consumer_config
         )
-    worker = Worker(settings, bootstrap, models, metrics, health, consumer=consumer)
+    try:
+        worker = Worker(settings, bootstrap, models, metrics, health, consumer=consumer)
+    except kafka_errors.TransactionalIdAuthorizationFailedError as exc:
+        raise BrokerError(
+            "this Kafka principal lacks ACLs the worker needs: Write on transactional-id prefix "
+            f"{transactional_prefix(settings)} (exactly-once delivery; see the README's ACL "
+            "guide, or `scanstream acls`)"
+        ) from exc
     return worker, metrics, health
 
 
@@ -61,7 +76,7 @@ def run_worker(
     # Local misconfiguration (models, GPU) fails before anything touches the network.
     models = load_models(settings)
     bootstrap, _ = kafka_clients.resolve_bootstrap(settings, start_local=True)
-    kafka_clients.wait_for_broker(bootstrap, settings.connect_timeout_s)
+    kafka_clients.wait_for_broker(bootstrap, settings)
     kafka_clients.ensure_topics(bootstrap, settings)
     if processes > 1:
         return _run_many(settings.replace(bootstrap_servers=bootstrap), drain, processes)
