@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from kafka import KafkaConsumer, TopicPartition
 
 from worker.runtime.loop import Worker
+from worker.runtime.security import client_security
 from worker.runtime.service import start_worker
 from worker.settings import Settings
 
@@ -48,6 +49,7 @@ def collect(
         isolation_level="read_committed",
         max_partition_fetch_bytes=settings.max_message_bytes + (1 << 20),
         fetch_max_bytes=64 << 20,
+        **client_security(settings),
     )
     topics = [settings.findings_topic, settings.alerts_topic, settings.dlq_topic]
     tps = [

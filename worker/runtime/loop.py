@@ -81,11 +81,16 @@ class Worker:
             # Transactions keep the default: a slow commit must be retried, not abandoned.
             extra["max_block_ms"] = int(min(10_000, settings.max_poll_interval_ms / 4))
         self.producer = producer or kafka_clients.producer(bootstrap, settings, **extra)
-        if settings.delivery == "exactly-once":
-            self.producer.init_transactions()
-        self.consumer = consumer or kafka_clients.consumer(
-            bootstrap, settings, isolation_level="read_committed"
-        )
+        try:
+            if settings.delivery == "exactly-once":
+                self.producer.init_transactions()  # fails here without its ACL, for one
+            self.consumer = consumer or kafka_clients.consumer(
+                bootstrap, settings, isolation_level="read_committed"
+            )
+        except BaseException:
+            self.producer.close(timeout=0)  # a failed start leaves no client (and socket) open
+            self._compute_pool.shutdown()
+            raise
         self.observer = Observer(metrics, health)
         self.flow = FlowControl(self.consumer, health, settings.max_poll_interval_ms)
         self.delivery = Delivery(self.producer, self.consumer, settings, self.flow, self.observer)
