@@ -213,6 +213,12 @@ def ensure_topics(bootstrap: str, settings: Settings, partitions: int = 3) -> No
             log.info("created topics %s", [t.name for t in missing])
     except BrokerError:
         raise
+    except KafkaErrors.InvalidReplicationFactorError as exc:
+        raise BrokerError(
+            f"cannot create the topics at {bootstrap} with "
+            f"SCANSTREAM_TOPIC_REPLICATION_FACTOR={settings.topic_replication_factor} "
+            f"({exc}); set it to at most the number of brokers"
+        ) from exc
     except KafkaErrors.AuthorizationError as exc:
         raise BrokerError(
             f"not allowed to create the topics {', '.join(names)} at {bootstrap} "
