@@ -69,7 +69,7 @@ class SecureSetup:
         leaf = ca.issue_cert("127.0.0.1", "localhost")
         setup = cls(str(folder), secrets.token_hex(16), secrets.token_hex(16))
         Path(setup.ca_file).write_bytes(ca.cert_pem.bytes())
-        # Kafka's PEM keystore: the private key in PKCS#8 (trustme writes PKCS#1), then the chain.
+        # Kafka's PEM keystore: the key in PKCS#8 (trustme writes SEC1/PKCS#1), then the chain.
         key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), password=None)
         pkcs8 = key.private_bytes(
             serialization.Encoding.PEM,

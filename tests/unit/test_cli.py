@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import worker
 
 MODELS = Path(worker.__file__).parent / "models"
@@ -70,3 +72,41 @@ def test_models_verify_passes_on_shipped_and_names_a_tampered_file(tmp_path: Pat
     assert str(onnx_file) in bad.stdout + bad.stderr
     listed = scanstream("models", "list")
     assert "lesion-cnn" in listed.stdout and "lesion-svm" in listed.stdout
+
+
+def test_acls_worker_prints_exactly_the_worker_grants(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from worker.cli import main
+    from worker.runtime.acls import worker_grants
+    from worker.settings import Settings
+
+    for key in list(os.environ):
+        if key.startswith("SCANSTREAM_") or key == "KAFKA_BOOTSTRAP_SERVERS":
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SCANSTREAM_DELIVERY", "exactly-once")
+    monkeypatch.setenv("SCANSTREAM_CREATE_TOPICS", "false")
+    monkeypatch.setenv("SCANSTREAM_GROUP_ID", "radiology")
+    root, kafka_log = logging.getLogger(), logging.getLogger("kafka")
+    saved = root.handlers[:], root.level, kafka_log.level
+    try:  # main() sets up JSON logging on the root logger: put it back afterwards
+        assert main(["acls", "worker", "--principal", "User:w"]) == 0
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        kafka_log.setLevel(saved[2])
+    out = capsys.readouterr().out.splitlines()
+    settings = Settings(delivery="exactly-once", create_topics=False, group_id="radiology")
+    prefix = "kafka-acls.sh --bootstrap-server $KAFKA_BOOTSTRAP_SERVERS --add "
+    assert out == [prefix + g.line("User:w") for g in worker_grants(settings)]
+    assert out == [
+        prefix + "--allow-principal User:w --operation Read --topic scans.events",
+        prefix + "--allow-principal User:w --operation Read --group radiology",
+        prefix + "--allow-principal User:w --operation Write --topic scans.findings",
+        prefix + "--allow-principal User:w --operation Write --topic scans.alerts",
+        prefix + "--allow-principal User:w --operation Write --topic scans.dlq",
+        prefix + "--allow-principal User:w --operation Write --transactional-id "
+        "scanstream-radiology- --resource-pattern-type prefixed",
+    ]

@@ -162,10 +162,14 @@ def diagnose(bootstrap: str, settings: Settings, timeout_s: float = 5.0) -> str:
                     "connect by a name the certificate holds, or (not for production) set "
                     "SCANSTREAM_SSL_CHECK_HOSTNAME=false"
                 )
+            if "expired" in str(cause.verify_message):
+                return "the broker's TLS certificate has expired; it must be renewed on the broker"
             return (
                 f"the broker's TLS certificate is not trusted ({cause.verify_message}); set "
                 "SCANSTREAM_SSL_CAFILE to the PEM file of the CA that signed it"
             )
+        if isinstance(cause, _UnusableFiles):
+            return str(cause)
         if not speaks_tls and cause is not None:
             return (
                 f"{bootstrap} does not answer TLS ({_brief(cause)}); {protocol} expects a TLS "
@@ -181,6 +185,10 @@ def diagnose(bootstrap: str, settings: Settings, timeout_s: float = 5.0) -> str:
     return ""
 
 
+class _UnusableFiles(Exception):
+    """The configured CA, certificate or key files do not load."""
+
+
 def _tls_probe(
     host: str, port: int, settings: Settings, timeout_s: float
 ) -> tuple[bool, BaseException | None]:
@@ -193,7 +201,11 @@ def _tls_probe(
     try:
         context = tls_context(settings)
     except (OSError, ssl.SSLError) as exc:
-        return True, exc
+        return True, _UnusableFiles(
+            f"the TLS files cannot be used ({_brief(exc)}); check that SCANSTREAM_SSL_CAFILE "
+            "holds PEM certificates and SCANSTREAM_SSL_CERTFILE / SCANSTREAM_SSL_KEYFILE a PEM "
+            "client certificate and its unencrypted key"
+        )
     return True, _handshake(host, port, context, timeout_s)
 
 
