@@ -141,6 +141,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(args), timeout_s=args.timeout)
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from worker.gateway.service import run_gateway
+
+    settings = _settings(args)
+    if args.port is not None:
+        settings = settings.replace(gateway_port=args.port)
+    return run_gateway(settings)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from worker.inference import list_models, verify_models
 
@@ -205,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+")
     p.add_argument("--models-dir", dest="models_dir")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("gateway", help="C-STORE (and STOW-RS) in, one durable scan event each")
+    kafka_flags(p)
+    p.add_argument("--port", type=int, help="C-STORE port (default SCANSTREAM_GATEWAY_PORT)")
+    p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("demo", help="local broker + worker + pydicom samples, end to end")
     kafka_flags(p)

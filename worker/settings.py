@@ -170,6 +170,23 @@ class Settings:
     # Of the topics the worker creates; 1 suits the single local broker, production wants 3/2.
     topic_replication_factor: int = 1
     topic_min_insync_replicas: int = 1
+    # The gateway (`scanstream gateway`): DICOM in by C-STORE and STOW-RS, events out.
+    gateway_ae_title: str = "SCANSTREAM"
+    gateway_host: str = "127.0.0.1"  # 0.0.0.0 to take associations from other hosts
+    gateway_port: int = 11112
+    # Calling peers allowed: "AET", "@address" or "AET@address", comma separated; empty: any.
+    gateway_allowed_callers: tuple[str, ...] = ()
+    gateway_max_associations: int = 10
+    # Instances up to this size go inline; larger ones through the claim-check folder.
+    gateway_inline_max_bytes: int = 4 * MiB
+    claim_check_dir: str | None = None
+    # A C-STORE is answered Success only once the broker acknowledged it, within this time.
+    gateway_ack_timeout_s: float = 10.0
+    # A study without new instances for this long is announced complete on studies_topic.
+    study_quiet_s: float = 10.0
+    studies_topic: str = "scans.studies"
+    gateway_http_port: int = 0  # STOW-RS receiver; 0: off
+    gateway_http_auth: Secret = field(default_factory=lambda: Secret(""))
 
     def __post_init__(self) -> None:
         for name in (
@@ -182,6 +199,8 @@ class Settings:
             "max_poll_interval_ms",
             "topic_replication_factor",
             "topic_min_insync_replicas",
+            "gateway_max_associations",
+            "gateway_inline_max_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SCANSTREAM_{name.upper()} must be at least 1")
@@ -191,6 +210,8 @@ class Settings:
             "event_timeout_s",
             "connect_timeout_s",
             "stall_timeout_s",
+            "gateway_ack_timeout_s",
+            "study_quiet_s",
         ):
             if not getattr(self, name) > 0:  # also refuses NaN
                 raise ConfigError(f"SCANSTREAM_{name.upper()} must be a number of seconds > 0")
@@ -198,11 +219,22 @@ class Settings:
             raise ConfigError(
                 f"SCANSTREAM_DELIVERY={self.delivery!r}: use one of {', '.join(DELIVERY_MODES)}"
             )
-        if not 0 <= self.metrics_port <= 65535:
-            raise ConfigError("SCANSTREAM_METRICS_PORT must be a TCP port (0 disables the server)")
-        topics = [self.events_topic, self.findings_topic, self.alerts_topic, self.dlq_topic]
+        for name in ("metrics_port", "gateway_port", "gateway_http_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"SCANSTREAM_{name.upper()} must be a TCP port (0: off)")
+        if not 1 <= len(self.gateway_ae_title) <= 16 or not self.gateway_ae_title.isascii():
+            raise ConfigError("SCANSTREAM_GATEWAY_AE_TITLE must be 1 to 16 ASCII characters")
+        topics = [
+            self.events_topic,
+            self.findings_topic,
+            self.alerts_topic,
+            self.dlq_topic,
+            self.studies_topic,
+        ]
         if len(set(topics)) != len(topics):
-            raise ConfigError("the events, findings, alerts and dead-letter topics must differ")
+            raise ConfigError(
+                "the events, findings, alerts, dead-letter and studies topics must differ"
+            )
         if self.topic_min_insync_replicas > self.topic_replication_factor:
             raise ConfigError(
                 "SCANSTREAM_TOPIC_MIN_INSYNC_REPLICAS must not exceed "
@@ -236,8 +268,9 @@ class Settings:
         for name in ("pseudonym_key", *FILE_SECRETS):
             if isinstance(values.get(name), str):
                 values[name] = Secret(values[name])
-        if isinstance(values.get("reference_allow"), str):
-            values["reference_allow"] = _split(values["reference_allow"])
+        for name in ("reference_allow", "gateway_allowed_callers"):
+            if isinstance(values.get(name), str):
+                values[name] = _split(values[name])
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
@@ -255,6 +288,7 @@ class Settings:
             findings_topic=f"{prefix}.findings",
             alerts_topic=f"{prefix}.alerts",
             dlq_topic=f"{prefix}.dlq",
+            studies_topic=f"{prefix}.studies",
             group_id=prefix,
         )
 
@@ -273,7 +307,7 @@ class Settings:
 
 # Secrets that may come from a file instead (Kubernetes mounts secrets as files): the variable
 # SCANSTREAM_<FIELD>_FILE names the file, whose content (one trailing newline dropped) is used.
-FILE_SECRETS: Final = ("reference_auth", "sasl_password")
+FILE_SECRETS: Final = ("reference_auth", "sasl_password", "gateway_http_auth")
 
 # SCANSTREAM_* variables that are not settings fields but belong to the project: where the local
 # broker keeps its state and jars (worker/broker.py), and the _FILE variants above.
@@ -381,7 +415,7 @@ def _parse(name: str, key: str, raw: str, annotation: Any) -> Any:
         return tuple(AlertRule.parse(part) for part in raw.split(",") if part.strip())
     if name in ("pseudonym_key", *FILE_SECRETS):
         return Secret(raw)
-    if name == "reference_allow":
+    if name in ("reference_allow", "gateway_allowed_callers"):
         return _split(raw)
     if text == "bool":
         lowered = raw.strip().lower()

@@ -179,11 +179,14 @@ def topic_names(settings: Settings) -> list[str]:
     ]
 
 
-def ensure_topics(bootstrap: str, settings: Settings, partitions: int = 3) -> None:
-    """Create the events, findings, alerts and dead-letter topics if they are missing (with the
-    configured replication factor and ``min.insync.replicas``); with
-    ``SCANSTREAM_CREATE_TOPICS=false`` only check that they exist and are visible."""
-    names = topic_names(settings)
+def ensure_topics(
+    bootstrap: str, settings: Settings, partitions: int = 3, also: tuple[str, ...] = ()
+) -> None:
+    """Create the events, findings, alerts and dead-letter topics (and ``also``, e.g. the
+    gateway's studies topic) if they are missing, with the configured replication factor and
+    ``min.insync.replicas``; with ``SCANSTREAM_CREATE_TOPICS=false`` only check that they exist
+    and are visible."""
+    names = [*topic_names(settings), *also]
     limit = settings.max_message_bytes + _HEADROOM
     admin = admin_client(bootstrap, settings)
     try:
