@@ -38,6 +38,13 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(**overrides)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from worker import broker
 
@@ -75,6 +82,7 @@ def cmd_acls(args: argparse.Namespace) -> int:
     roles = {
         "worker": acls.worker_grants,
         "publisher": acls.publisher_grants,
+        "gateway": acls.gateway_grants,
         "reader": acls.reader_grants,
     }
     for grant in roles[args.role](settings):
@@ -175,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from worker.bench.suite import run_bench
 
-    result = run_bench(args.stage, Path(args.results))
+    result = run_bench(args.stage, Path(args.results), instances=args.instances)
     print(json.dumps(result))
     return 0
 
@@ -235,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("acls", help="print the Kafka ACLs a role needs with these settings")
-    p.add_argument("role", choices=["worker", "publisher", "reader"])
+    p.add_argument("role", choices=["worker", "gateway", "publisher", "reader"])
     p.add_argument("--principal", default="User:scanstream")
     p.set_defaults(func=cmd_acls)
 
@@ -250,8 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="the benchmark suite")
-    p.add_argument("--stage", choices=["all", "imaging", "inference", "e2e"], default="all")
+    p.add_argument(
+        "--stage", choices=["all", "imaging", "inference", "e2e", "gateway"], default="all"
+    )
     p.add_argument("--results", default="results")
+    p.add_argument(
+        "--instances",
+        type=_positive_int,
+        default=None,
+        help="--stage gateway: 512x512 CT slices sent by C-STORE (default 200)",
+    )
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -3,8 +3,10 @@
 Starts the local Kafka broker unless one is configured, starts a worker (in this process, its
 own consumer group), publishes real DICOM samples bundled with pydicom plus two synthetic CT
 phantoms (one with a lesion, to show an alert), prints each finding or dead letter with its
-end-to-end latency as it arrives, then stops everything it started. Exit code 0 means every
-published event came back as exactly one finding or dead letter.
+end-to-end latency as it arrives; then sends two of the samples through the C-STORE gateway
+with a real DICOM client (:mod:`worker.demo_gateway`) and shows their findings too; then stops
+everything it started. Exit code 0 means every published event came back as exactly one finding
+or dead letter, and every instance sent to the gateway was stored and answered.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pydicom
 
@@ -83,7 +86,11 @@ def run_demo(settings: Settings, timeout_s: float = 150.0) -> int:
         thread = threading.Thread(target=worker.run, name="worker", daemon=True)
         thread.start()
         try:
-            return _publish_and_watch(settings, bootstrap, health, timeout_s, t_start)
+            code = _publish_and_watch(settings, bootstrap, health, timeout_s, t_start)
+            from worker.demo_gateway import gateway_leg
+
+            # Its own time budget: the first leg may have used most of timeout_s already.
+            return max(code, gateway_leg(settings, bootstrap, min(60.0, timeout_s)))
         finally:
             worker.stop()
             thread.join(timeout=settings.grace_period_s)
@@ -180,6 +187,12 @@ def _show(record: object, dead: bool, pending: dict[str, str]) -> int:
     name = pending.pop(finding["event_id"], None)
     if name is None:
         return 0
+    show_finding(name, finding)
+    return 1
+
+
+def show_finding(name: str, finding: dict[str, Any]) -> None:
+    """One row of the demo's table (see the header printed by :func:`_publish_and_watch`)."""
     # Shipped model names end in -cnn / -svm; a user's own models may not, hence the fallback.
     probs = {c["model"].rsplit("-", 1)[-1]: c["probability"] for c in finding["classifications"]}
     provider = finding["models"][0]["execution_provider"] if finding["models"] else "-"
@@ -189,4 +202,3 @@ def _show(record: object, dead: bool, pending: dict[str, str]) -> int:
         f"{finding['rows']:>4}x{finding['columns']:<4} {probs.get('cnn', 0):>6.2f} "
         f"{probs.get('svm', 0):>6.2f} {provider:<10} {finding['latency_ms']:>7.1f}ms"
     )
-    return 1

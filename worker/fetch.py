@@ -14,6 +14,7 @@ bytes. The guarantees hold for any string, however hostile:
 * http(s):// has one whole-request deadline of ``timeout_s``: DNS, connect, TLS, headers, body and
   up to 5 redirects (to http/https only) together. A watchdog shuts the socket down at the
   deadline, so a server that drips a byte at a time is cut off too.
+* WADO-RS: asks for the instance as stored, unwraps a multipart reply (:mod:`worker.dicomweb`).
 
 >>> import tempfile, os
 >>> with tempfile.NamedTemporaryFile(delete=False) as f:
@@ -45,11 +46,11 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+from worker.dicomweb import ACCEPT, instance_from_reply
 from worker.errors import Rejection, ScanStreamError, TransientError
 from worker.references import ReferencePolicy
 from worker.references import show as _show
 
-_ACCEPT = "application/dicom, multipart/related; type=application/dicom"  # WADO-RS: Part 10
 _CHUNK = 1 << 16
 _MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -222,7 +223,7 @@ def _get(url: str, limit: int, clock: _Clock, extra: dict[str, str]) -> tuple[st
             conn = http.client.HTTPConnection(host, port)
         conn.sock = sock  # connected already: http.client only speaks HTTP on it
         sock.settimeout(clock.left())
-        headers = {"Accept": _ACCEPT, "Connection": "close", **extra}
+        headers = {"Accept": ACCEPT, "Connection": "close", **extra}  # WADO-RS, as stored
         conn.request("GET", target, headers=headers)
         sock.settimeout(clock.left())
         response = conn.getresponse()
@@ -244,7 +245,7 @@ def _get(url: str, limit: int, clock: _Clock, extra: dict[str, str]) -> tuple[st
         clock.left()  # the watchdog's shutdown looks like the end of the body
         if declared is not None and len(data) < declared:
             raise TransientError("fetch_error", f"{clock.shown}: body cut at {len(data)} B")
-        return None, data
+        return None, instance_from_reply(response.getheader("Content-Type"), data, clock.shown)
     finally:
         clock.sock = None
         if response is not None:

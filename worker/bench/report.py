@@ -211,6 +211,10 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         out += [_STAGE_NOTE, ""]
         rows = [[name, *(means.get(k) for k in _STAGE_KEYS)] for name, means in stage_rows]
         out += [*_table(["phase", *_STAGE_KEYS], rows), ""]
+    if result.get("stage") == "gateway":
+        out += ["## Gateway stage: C-STORE over one association (storescu)", ""]
+        rows = [[k, v] for k, v in result.items() if k not in ("stage", "command")]
+        out += [*_table(["metric", "value"], rows), ""]
     for stage in ("imaging", "inference"):
         nested = result.get(stage)
         if isinstance(nested, Mapping):

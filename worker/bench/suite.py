@@ -19,7 +19,9 @@ derive from the measured compute limit so that the suite takes a few minutes on 
 
 Stages: ``imaging`` and ``inference`` run :mod:`worker.bench.imaging` and
 :mod:`worker.bench.inference` alone; ``e2e`` the above; ``all`` everything, with the end-to-end
-keys at the top level and the two stage results under ``"imaging"`` and ``"inference"``.
+keys at the top level and the two stage results under ``"imaging"`` and ``"inference"``;
+``gateway`` (:mod:`worker.bench.gateway`, not part of ``all``: it needs dcmtk) C-STORE through
+the gateway against dcmtk's storescp.
 """
 
 from __future__ import annotations
@@ -278,8 +280,9 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
     }
 
 
-def run_bench(stage: str, results_dir: Path) -> dict[str, Any]:
-    """Run ``stage`` (all, imaging, inference, e2e), write the reports, return the result."""
+def run_bench(stage: str, results_dir: Path, instances: int | None = None) -> dict[str, Any]:
+    """Run ``stage`` (all, imaging, inference, e2e, gateway), write the reports, return the
+    result. ``instances``: the CT slices the gateway stage sends (default 200)."""
     started = time.monotonic()
     command = f"scanstream bench --stage {stage} --results {results_dir}"
     if stage == "imaging":
@@ -290,10 +293,18 @@ def run_bench(stage: str, results_dir: Path) -> dict[str, Any]:
         from worker.bench.inference import bench_inference
 
         stage_result = dict(bench_inference())
+    elif stage == "gateway":
+        from worker.bench.gateway import DEFAULT_INSTANCES, run_gateway_stage
+
+        n = instances or DEFAULT_INSTANCES
+        command += f" --instances {n}"
+        stage_result = run_gateway_stage(Settings.from_env(), n)
     elif stage in ("e2e", "all"):
         stage_result = {}
     else:
-        raise ValueError(f"unknown bench stage {stage!r}: use all, imaging, inference or e2e")
+        raise ValueError(
+            f"unknown bench stage {stage!r}: use all, imaging, inference, e2e or gateway"
+        )
     if stage_result:
         write_reports({**stage_result, "command": command}, results_dir, stage)
         return stage_result

@@ -101,6 +101,7 @@ class DurablePublisher:
             bootstrap,
             settings,
             max_block_ms=timeout_ms,  # metadata or buffer space: never longer than the deadline
+            linger_ms=0,  # each C-STORE waits for its own ack: nothing to batch with
             request_timeout_ms=max(1000, timeout_ms),
             delivery_timeout_ms=max(1000, timeout_ms) + 2,  # kafka-python: > linger + request
         )

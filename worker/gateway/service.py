@@ -40,12 +40,17 @@ class Gateway:
         self._announcer = threading.Thread(target=self._announce, name="studies", daemon=True)
 
     def start(self) -> int:
-        port = self.scp.start()
-        self._announcer.start()
-        if self.settings.gateway_http_port:
+        if self.settings.gateway_http_port:  # first: a bad setting leaves nothing running
             from worker.gateway.stow import serve_stow
 
             self.http = serve_stow(self.settings, self.publisher, self.tracker)
+        try:
+            port = self.scp.start()
+        except BaseException:
+            if self.http is not None:
+                self.http.close()
+            raise
+        self._announcer.start()
         return port
 
     def stop(self) -> None:

@@ -14,7 +14,8 @@ topic              each of the four (only with CREATE_TOPICS)  Create
 =================  ==========================================  =========
 
 The dead-letter topic holds the original DICOM: grant Read on it only to whoever handles dead
-letters, as for the events topic. A publisher needs Write on the events topic; a service that
+letters, as for the events topic. A publisher needs Write on the events topic; the gateway
+Write on the events and studies topics; a service that
 reads results needs Read on the findings or alerts topic and on its own group.
 
 :func:`check_access` runs at start: it asks the broker which operations this principal may do
@@ -90,6 +91,17 @@ def worker_grants(settings: Settings) -> list[Grant]:
 
 def publisher_grants(settings: Settings) -> list[Grant]:
     return [Grant("topic", settings.events_topic, "Write")]
+
+
+def gateway_grants(settings: Settings) -> list[Grant]:
+    """The gateway: Write on the events and studies topics (Create too, if it creates them)."""
+    grants = [
+        Grant("topic", settings.events_topic, "Write"),
+        Grant("topic", settings.studies_topic, "Write"),
+    ]
+    if settings.create_topics:
+        grants.append(Grant("topic", settings.studies_topic, "Create"))
+    return grants
 
 
 def reader_grants(settings: Settings) -> list[Grant]:
@@ -187,7 +199,7 @@ def _field(obj: Any, name: str) -> Any:
 
 def provision_local(bootstrap: str, setup: Any) -> None:
     """The secured local broker: default topics, made by ``admin``; and for the ``scanstream``
-    user, the worker, publisher and reader roles on the default names, for both delivery
+    user, the worker, gateway, publisher and reader roles on the default names, for both delivery
     modes and for the demo's own groups (``scanstream-demo-*``), so that run, publish and
     demo work as that user. A production worker gets :func:`worker_grants` only."""
     from worker.broker_secure import CLIENT_USER
@@ -195,10 +207,11 @@ def provision_local(bootstrap: str, setup: Any) -> None:
 
     env = setup.client_env(bootstrap, admin=True)
     admin_settings = Settings.from_env(env)
-    kafka_clients.ensure_topics(bootstrap, admin_settings)
+    kafka_clients.ensure_topics(bootstrap, admin_settings, also=(admin_settings.studies_topic,))
     base = Settings(create_topics=False)
     grants = [
         *worker_grants(base),
+        *gateway_grants(base),
         *worker_grants(base.replace(delivery="exactly-once")),
         *publisher_grants(base),
         *reader_grants(base),

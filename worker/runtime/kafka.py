@@ -264,18 +264,18 @@ def ensure_topics(
 
 
 def producer(bootstrap: str, settings: Settings, **extra: Any) -> KafkaProducer:
-    return KafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=2,
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 2,
         # A restarted broker is found again within seconds, not the 30 s default backoff.
-        reconnect_backoff_max_ms=2000,
-        max_request_size=settings.max_message_bytes + 2 * _HEADROOM,  # dead letters too
-        value_serializer=NullableSerializer(),
+        "reconnect_backoff_max_ms": 2000,
+        "max_request_size": settings.max_message_bytes + 2 * _HEADROOM,  # dead letters too
+        "value_serializer": NullableSerializer(),
         **security.client_security(settings),
-        **extra,
-    )
+    }
+    return KafkaProducer(**{**kwargs, **extra})
 
 
 def consumer(
