@@ -3,6 +3,7 @@ analyses. Success is only ever answered for an instance whose event the broker h
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import shutil
@@ -145,6 +146,10 @@ def test_storescu_folder_each_instance_ends_in_one_finding_or_dead_letter(
     assert any(claim.glob("*.dcm")), "no instance went by claim-check"
 
 
+# kafka-python 3.0 leaves the socket of a refused connect to the garbage collector (a
+# ResourceWarning per reconnect attempt while the broker is away); collected at the end here.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_with_the_broker_away_c_store_fails_within_the_deadline_never_success(
     tmp_path: Path,
 ) -> None:
@@ -170,6 +175,7 @@ def test_with_the_broker_away_c_store_fails_within_the_deadline_never_success(
             gateway.stop()
     finally:
         broker.stop(state_dir=state)
+    gc.collect()  # the leaked sockets (see above) are reported in this test, not a later one
     assert ok == set() and responses == 1, "Success answered without a broker"
     assert took < settings.gateway_ack_timeout_s + 5, took
 
