@@ -110,6 +110,32 @@ def _install_null_safe_try_append() -> bool:
 
 NULL_HEADERS_SUPPORTED: Final = _install_null_safe_try_append()
 
+
+def _install_socket_closing_connect() -> None:
+    """kafka-python 3.0's ``KafkaNetSocket.sock_connect`` raises on a refused or timed-out
+    connect without closing the socket it made, leaking one per attempt while a broker is away
+    (a gateway waiting out a broker restart makes hundreds). Close it on the way out."""
+    try:
+        from kafka.net.inet import KafkaNetSocket
+    except ImportError:
+        return
+    original = getattr(KafkaNetSocket, "sock_connect", None)
+    if original is None or getattr(original, "_scanstream", False):
+        return
+
+    async def sock_connect(self: Any, net: Any, sock: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(self, net, sock, *args, **kwargs)
+        except BaseException:
+            sock.close()
+            raise
+
+    sock_connect._scanstream = True  # type: ignore[attr-defined]
+    KafkaNetSocket.sock_connect = sock_connect
+
+
+_install_socket_closing_connect()
+
 NULL_HEADERS = "scanstream.null-headers"
 
 
