@@ -30,8 +30,6 @@ from worker.errors import ConfigError
 
 DeliveryMode = Literal["at-least-once", "exactly-once"]
 DELIVERY_MODES: Final = ("at-least-once", "exactly-once")
-SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 MiB: Final = 1024 * 1024
 
 
@@ -240,7 +238,9 @@ class Settings:
                 "SCANSTREAM_TOPIC_MIN_INSYNC_REPLICAS must not exceed "
                 "SCANSTREAM_TOPIC_REPLICATION_FACTOR (production: 3 replicas, 2 in sync)"
             )
-        _check_security(self)
+        from worker.settings_security import check_security
+
+        check_security(self)
         # Imported here: worker.references imports Secret from this module.
         from worker.references import ReferencePolicy
 
@@ -316,51 +316,6 @@ OTHER_VARIABLES: Final = (
     "SCANSTREAM_CACHE",
     *(f"SCANSTREAM_{name.upper()}_FILE" for name in FILE_SECRETS),
 )
-
-
-def _check_security(s: Settings) -> None:
-    """Kafka security settings that cannot work together fail here, naming what to set."""
-    protocol = s.security_protocol
-    if protocol not in SECURITY_PROTOCOLS:
-        raise ConfigError(
-            f"SCANSTREAM_SECURITY_PROTOCOL={protocol!r}: use one of {', '.join(SECURITY_PROTOCOLS)}"
-        )
-    sasl, tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
-    if sasl:
-        if s.sasl_mechanism not in SASL_MECHANISMS:
-            raise ConfigError(
-                f"SCANSTREAM_SECURITY_PROTOCOL={protocol} needs SCANSTREAM_SASL_MECHANISM set to "
-                f"one of {', '.join(SASL_MECHANISMS)} (got {s.sasl_mechanism!r})"
-            )
-        if s.sasl_mechanism != "OAUTHBEARER" and not s.sasl_username:
-            raise ConfigError(f"SASL {s.sasl_mechanism} needs SCANSTREAM_SASL_USERNAME")
-        if not s.sasl_password:
-            what = "the token" if s.sasl_mechanism == "OAUTHBEARER" else "the password"
-            raise ConfigError(
-                f"SASL {s.sasl_mechanism} needs {what} in SCANSTREAM_SASL_PASSWORD "
-                "(or a file named by SCANSTREAM_SASL_PASSWORD_FILE)"
-            )
-    else:
-        stray = [n for n in ("sasl_mechanism", "sasl_username") if getattr(s, n)]
-        stray += ["sasl_password"] if s.sasl_password else []
-        if stray:
-            raise ConfigError(
-                f"SCANSTREAM_{stray[0].upper()} is set but SCANSTREAM_SECURITY_PROTOCOL={protocol} "
-                "does not use SASL; set SCANSTREAM_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT)"
-            )
-    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-        path = getattr(s, name)
-        if not path:
-            continue
-        if not tls:
-            raise ConfigError(
-                f"SCANSTREAM_{name.upper()} is set but SCANSTREAM_SECURITY_PROTOCOL={protocol} "
-                "does not use TLS; set SCANSTREAM_SECURITY_PROTOCOL=SSL or SASL_SSL"
-            )
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            raise ConfigError(f"SCANSTREAM_{name.upper()}={path!r} is not a readable file")
-    if s.ssl_keyfile and not s.ssl_certfile:
-        raise ConfigError("SCANSTREAM_SSL_KEYFILE needs SCANSTREAM_SSL_CERTFILE (the client cert)")
 
 
 def known_variables() -> tuple[str, ...]:
