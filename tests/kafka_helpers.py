@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -37,11 +38,15 @@ class Collected:
     dead_letters: list[object] = field(default_factory=list)
 
 
-def collect(
-    settings: Settings, expected: int, timeout_s: float = 120.0, settle_s: float = 2.0
-) -> Collected:
-    """Read findings, alerts and dead letters from the start until ``expected`` findings + dead
-    letters arrived, then keep reading ``settle_s`` longer so that duplicates would show."""
+def read_topics(
+    settings: Settings,
+    topics: Sequence[str],
+    until: Callable[[dict[str, list[Any]]], bool],
+    timeout_s: float = 120.0,
+    settle_s: float = 2.0,
+) -> dict[str, list[Any]]:
+    """Every committed record of ``topics`` from the start, until ``until(records by topic)``
+    holds, then ``settle_s`` longer so that duplicates would show (or ``timeout_s`` passes)."""
     assert settings.bootstrap_servers
     consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
@@ -51,30 +56,44 @@ def collect(
         fetch_max_bytes=64 << 20,
         **client_security(settings),
     )
-    topics = [settings.findings_topic, settings.alerts_topic, settings.dlq_topic]
-    tps = [
-        TopicPartition(t, p)
-        for t in topics
-        for p in sorted(consumer.partitions_for_topic(t) or {0})
-    ]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    out = Collected()
-    deadline = time.monotonic() + timeout_s
-    settle_until: float | None = None
+    out: dict[str, list[Any]] = {topic: [] for topic in topics}
     try:
+        tps = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(consumer.partitions_for_topic(t) or {0})
+        ]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        deadline, settle_until = time.monotonic() + timeout_s, None
         while time.monotonic() < deadline:
             for tp, records in consumer.poll(timeout_ms=200).items():
-                bucket = {
-                    settings.findings_topic: out.findings,
-                    settings.alerts_topic: out.alerts,
-                    settings.dlq_topic: out.dead_letters,
-                }[tp.topic]
-                bucket.extend(records)
-            if len(out.findings) + len(out.dead_letters) >= expected:
+                out[tp.topic].extend(records)
+            if until(out):
                 settle_until = settle_until or time.monotonic() + settle_s
                 if time.monotonic() >= settle_until:
                     break
     finally:
         consumer.close()
     return out
+
+
+def at_least(want: dict[str, int]) -> Callable[[dict[str, list[Any]]], bool]:
+    """An ``until`` for :func:`read_topics`: each topic has at least its number of records."""
+    return lambda out: all(len(out[t]) >= n for t, n in want.items())
+
+
+def collect(
+    settings: Settings, expected: int, timeout_s: float = 120.0, settle_s: float = 2.0
+) -> Collected:
+    """Read findings, alerts and dead letters from the start until ``expected`` findings + dead
+    letters arrived, then keep reading ``settle_s`` longer so that duplicates would show."""
+    found, alerts, dlq = settings.findings_topic, settings.alerts_topic, settings.dlq_topic
+    out = read_topics(
+        settings,
+        [found, alerts, dlq],
+        lambda got: len(got[found]) + len(got[dlq]) >= expected,
+        timeout_s,
+        settle_s,
+    )
+    return Collected(out[found], out[alerts], out[dlq])

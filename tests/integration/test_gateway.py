@@ -18,15 +18,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
-from tests.kafka_helpers import collect, worker_thread
+from tests.kafka_helpers import at_least, collect, read_topics, worker_thread
 from worker import broker
 from worker.broker import free_port
-from worker.gateway.durable import InstanceHeader
 from worker.gateway.service import Gateway
 from worker.phantoms import ct_slice, encode_ct
 from worker.runtime import kafka as kafka_clients
+from worker.runtime.publisher import InstanceHeader
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -79,32 +78,6 @@ def _sendable(pydicom_files: Path, folder: Path) -> list[Path]:
         except Exception:  # noqa: BLE001 - not a file storescu could send
             continue
     return out
-
-
-def _events(settings: Settings, timeout_s: float = 10.0) -> list[object]:
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=settings.max_message_bytes + (1 << 20),
-    )
-    try:
-        tps = [
-            TopicPartition(settings.events_topic, p)
-            for p in sorted(consumer.partitions_for_topic(settings.events_topic) or {0})
-        ]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = {tp: off for tp, off in consumer.end_offsets(tps).items()}
-        records: list[object] = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
-            if all(consumer.position(tp) >= end[tp] for tp in tps):
-                break
-        return records
-    finally:
-        consumer.close()
 
 
 def test_storescu_folder_each_instance_ends_in_one_finding_or_dead_letter(
@@ -251,7 +224,9 @@ def test_kill_9_during_a_transfer_loses_no_acknowledged_instance(
         pending = [p for p in files if str(p) not in acknowledged]
         _, resent = storescu(port, *pending)
         assert resent == {str(p) for p in pending}
-    records = _events(isolated_settings)
+    events = isolated_settings.events_topic
+    want = {events: len(files)}  # at least: a retried instance may have two
+    records = read_topics(isolated_settings, [events], at_least(want), timeout_s=30)[events]
     in_kafka = {InstanceHeader.read(r.value).sop_uid for r in records}  # type: ignore[attr-defined]
     missing = {uid_of[p] for p in acknowledged} - in_kafka
     assert not missing, f"{len(missing)} acknowledged instances have no event"

@@ -5,57 +5,21 @@ from __future__ import annotations
 
 import http.client
 import json
-import time
 import uuid
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
+from tests.kafka_helpers import at_least, read_topics
 from worker.broker import free_port
 from worker.contract import header, validation_errors
 from worker.dicomweb import build_multipart_related
-from worker.gateway.durable import InstanceHeader
 from worker.gateway.service import Gateway
 from worker.phantoms import ct_slice, encode_ct
 from worker.runtime import kafka as kafka_clients
-from worker.runtime.security import client_security
+from worker.runtime.publisher import InstanceHeader
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-def read_topics(
-    settings: Settings, want: dict[str, int], timeout_s: float = 60.0, settle_s: float = 2.0
-) -> dict[str, list[object]]:
-    """Every record of the topics in ``want`` from the start, until each has its number, then
-    ``settle_s`` longer so that duplicates would show."""
-    assert settings.bootstrap_servers
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=settings.max_message_bytes + (1 << 20),
-        **client_security(settings),
-    )
-    out: dict[str, list[object]] = {topic: [] for topic in want}
-    try:
-        tps = [
-            TopicPartition(t, p)
-            for t in want
-            for p in sorted(consumer.partitions_for_topic(t) or {0})
-        ]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        deadline, settle_until = time.monotonic() + timeout_s, None
-        while time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=200).items():
-                out[tp.topic].extend(records)
-            if all(len(out[t]) >= n for t, n in want.items()):
-                settle_until = settle_until or time.monotonic() + settle_s
-                if time.monotonic() >= settle_until:
-                    break
-    finally:
-        consumer.close()
-    return out
 
 
 def test_a_stowed_study_becomes_three_events_and_one_study_record(
@@ -91,7 +55,8 @@ def test_a_stowed_study_becomes_three_events_and_one_study_record(
 
         # The 200 came after the acks: the events are there at once, the study record after
         # the quiet period.
-        got = read_topics(settings, {settings.events_topic: 3, settings.studies_topic: 1})
+        want = {settings.events_topic: 3, settings.studies_topic: 1}
+        got = read_topics(settings, list(want), at_least(want), timeout_s=60)
     finally:
         gateway.stop()
 
