@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
-from worker.broker_secure import ADMIN, MECHANISM, SecureSetup
+from worker.broker_secure import ADMIN, MECHANISM, SecureSetup, write_private
 from worker.errors import BrokerError
 
 KAFKA_VERSION: Final = "4.1.1"
@@ -310,7 +310,7 @@ def start(
         proc.pid, f"127.0.0.1:{port}", controller_port, str(data_dir), str(log_file), secure=secure
     )
     if setup is not None:
-        _private_json(data_dir / "secure.json", asdict(setup))
+        write_private(data_dir / "secure.json", json.dumps(asdict(setup)))
         setup.write_env_files(info.bootstrap)
     try:
         _wait_ready(info, proc, timeout_s)
@@ -323,12 +323,6 @@ def start(
         raise
     _state_file(state_dir).write_text(json.dumps(asdict(info)))
     return info, True
-
-
-def _private_json(path: Path, value: object) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(value, fh)
 
 
 def _cluster_id() -> str:

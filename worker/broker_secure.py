@@ -34,7 +34,8 @@ ADMIN: Final = "admin"
 CLIENT_USER: Final = "scanstream"
 
 
-def _private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner only (0600 from creation on)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -78,8 +79,8 @@ class SecureSetup:
         )
         chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
         keystore = pkcs8 + chain
-        _private(Path(setup.keystore), keystore.decode())
-        _private(Path(folder) / "client.env", _env_text(setup.client_env("")))
+        write_private(Path(setup.keystore), keystore.decode())
+        write_private(Path(folder) / "client.env", _env_text(setup.client_env("")))
         return setup
 
     def scram_arguments(self) -> list[str]:
@@ -137,8 +138,8 @@ class SecureSetup:
         return env
 
     def write_env_files(self, bootstrap: str) -> None:
-        _private(Path(self.folder) / "client.env", _env_text(self.client_env(bootstrap)))
-        _private(Path(self.folder) / "admin.env", _env_text(self.client_env(bootstrap, True)))
+        write_private(Path(self.folder) / "client.env", _env_text(self.client_env(bootstrap)))
+        write_private(Path(self.folder) / "admin.env", _env_text(self.client_env(bootstrap, True)))
 
 
 def _env_text(env: dict[str, str]) -> str:

@@ -24,9 +24,9 @@ from kafka import TopicPartition
 
 from worker.demo import pydicom_test_files, show_finding
 from worker.errors import ScanStreamError
-from worker.gateway.durable import InstanceHeader
 from worker.gateway.service import Gateway
 from worker.runtime import kafka as kafka_clients
+from worker.runtime.publisher import InstanceHeader
 from worker.settings import Settings
 
 #: Uncompressed samples: every storage SCU can send them as they are.

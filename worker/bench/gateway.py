@@ -42,10 +42,10 @@ from kafka import TopicPartition
 
 from worker import broker
 from worker.bench.e2e import BenchError
-from worker.gateway.durable import InstanceHeader
 from worker.gateway.service import Gateway
 from worker.phantoms import ct_slice, encode_ct
 from worker.runtime import kafka as kafka_clients
+from worker.runtime.publisher import InstanceHeader
 from worker.settings import Settings
 
 DEFAULT_INSTANCES: Final = 200

@@ -20,24 +20,20 @@ only the header is parsed, for the record key (StudyInstanceUID) and the study t
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
 import tempfile
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pydicom
-
 from worker.contract import rfc3339
 from worker.errors import ScanStreamError
 from worker.runtime import kafka as kafka_clients
-from worker.runtime.publisher import event_headers
+from worker.runtime.publisher import InstanceHeader, event_headers
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,43 +41,6 @@ log = logging.getLogger(__name__)
 
 class NotDurable(ScanStreamError):
     """The instance could not be made durable in time; the sender must retry."""
-
-
-@dataclass(frozen=True)
-class InstanceHeader:
-    """What the gateway needs from an instance's header (UIDs only: no patient data)."""
-
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-
-    @classmethod
-    def read(cls, data: bytes) -> InstanceHeader:
-        """The UIDs of a Part 10 stream ('' where absent or unreadable), without pixel data.
-
-        >>> from worker.phantoms import ct_slice, encode_ct
-        >>> InstanceHeader.read(encode_ct(ct_slice(1, 16), study="s")).sop_class_uid
-        '1.2.840.10008.5.1.4.1.1.2'
-        >>> InstanceHeader.read(b"not dicom").study_uid
-        ''
-        """
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-                values = [
-                    str(ds.get(name, "") or "")
-                    for name in (
-                        "StudyInstanceUID",
-                        "SeriesInstanceUID",
-                        "SOPInstanceUID",
-                        "SOPClassUID",
-                    )
-                ]
-        except Exception:  # noqa: BLE001 - published anyway; the worker dead-letters it
-            values = ["", "", "", ""]
-        return cls(*values)
 
 
 @dataclass(frozen=True)

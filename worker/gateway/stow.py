@@ -46,8 +46,9 @@ from urllib.parse import urlsplit
 
 from worker.dicomweb import MultipartError, parse_multipart_related
 from worker.errors import ConfigError
-from worker.gateway.durable import DurablePublisher, InstanceHeader, NotDurable
+from worker.gateway.durable import DurablePublisher, NotDurable
 from worker.gateway.studies import StudyTracker
+from worker.runtime.publisher import InstanceHeader
 from worker.settings import Secret, Settings
 
 log = logging.getLogger(__name__)

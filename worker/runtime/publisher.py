@@ -44,15 +44,46 @@ def iter_files(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield path
 
 
+@dataclass(frozen=True)
+class InstanceHeader:
+    """What the gateway needs from an instance's header (UIDs only: no patient data)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+
+    @classmethod
+    def read(cls, data: bytes) -> InstanceHeader:
+        """The UIDs of a Part 10 stream ('' where absent or unreadable), without pixel data.
+
+        >>> from worker.phantoms import ct_slice, encode_ct
+        >>> InstanceHeader.read(encode_ct(ct_slice(1, 16), study="s")).sop_class_uid
+        '1.2.840.10008.5.1.4.1.1.2'
+        >>> InstanceHeader.read(b"not dicom").study_uid
+        ''
+        """
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+                values = [
+                    str(ds.get(name, "") or "")
+                    for name in (
+                        "StudyInstanceUID",
+                        "SeriesInstanceUID",
+                        "SOPInstanceUID",
+                        "SOPClassUID",
+                    )
+                ]
+        except Exception:  # noqa: BLE001 - published anyway; the worker dead-letters it
+            values = ["", "", "", ""]
+        return cls(*values)
+
+
 def study_key(data: bytes) -> bytes | None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-            uid = str(ds.get("StudyInstanceUID", "") or "")
-    except Exception:  # noqa: BLE001 - not DICOM: publish without a key
-        return None
-    return uid.encode() if uid else None
+    """The record key of an instance: its StudyInstanceUID, or None when it has none."""
+    return InstanceHeader.read(data).study_uid.encode() or None
 
 
 def event_headers(event_id: str, sent_at: float, content_type: str) -> list[tuple[str, bytes]]:

@@ -17,9 +17,10 @@ import pytest
 
 from worker.dicomweb import build_multipart_related
 from worker.errors import ConfigError
-from worker.gateway.durable import InstanceHeader, NotDurable, Stored
+from worker.gateway.durable import NotDurable, Stored
 from worker.gateway.stow import StowServer, serve_stow
 from worker.phantoms import ct_slice, encode_ct
+from worker.runtime.publisher import InstanceHeader
 from worker.settings import MiB, Secret, Settings
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
