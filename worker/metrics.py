@@ -44,6 +44,7 @@ STAGES: Final[tuple[str, ...]] = (
     "features",
     "svm",
     "cnn",
+    "sr",
     "produce",
     "commit",
 )
@@ -53,6 +54,7 @@ OUTCOMES: Final[tuple[str, ...]] = ("finding", "dead_letter")
 # (all of it sent again), a commit that failed (its events are replayed by whoever owns them).
 REPLAY_CAUSES: Final[tuple[str, ...]] = ("produce", "refused", "transaction", "commit")
 SEVERITIES: Final[tuple[str, ...]] = ("low", "medium", "high", "critical")
+SR_OUTCOMES: Final[tuple[str, ...]] = ("produced", "not_built")
 
 # The end-to-end target is 50 ms: buckets are dense around it so p99 is read off well.
 E2E_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -119,6 +121,12 @@ class Metrics:
         self._alerts = Counter(
             "scanstream_alerts_total", "Alerts raised, by severity.", ["severity"], registry=r
         )
+        self._srs = Counter(
+            "scanstream_sr_total",
+            "DICOM SRs asked for (SCANSTREAM_SR_TOPIC), by outcome: produced, or not_built.",
+            ["outcome"],
+            registry=r,
+        )
         self._batch = Histogram(
             "scanstream_batch_size",
             "Events per polled batch.",
@@ -169,6 +177,8 @@ class Metrics:
             self._events.labels("dead_letter", reason)
         for severity in SEVERITIES:
             self._alerts.labels(severity)
+        for outcome in SR_OUTCOMES:
+            self._srs.labels(outcome)
         for cause in REPLAY_CAUSES:
             self._replays.labels(cause)
 
@@ -183,6 +193,12 @@ class Metrics:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
         self._stage.labels(stage).observe(seconds)
+
+    def count_sr(self, outcome: str) -> None:
+        """Count one SR: ``produced`` with its finding, or ``not_built`` (the finding alone)."""
+        if outcome not in SR_OUTCOMES:
+            raise ValueError(f"unknown SR outcome {outcome!r}; expected one of {SR_OUTCOMES}")
+        self._srs.labels(outcome).inc()
 
     def observe_e2e(self, seconds: float) -> None:
         """Record one event's end-to-end latency (clamped at 0: producer clocks can run ahead)."""

@@ -6,8 +6,11 @@ events, decode, and image analysis of every frame) and raises
 composes the stages for a list of events (a poll's worth, or one file): it prepares each event
 under its time budget, runs inference over all their frames at once in chunks of
 ``batch_max_size``, builds each finding and its alerts (:mod:`worker.findings`) and checks them
-against their schemas. The worker, ``scanstream analyze`` and the benchmark all use it, so what
-is measured and tested offline is what runs.
+against their schemas; with ``sr_topic`` set, it also builds each finding's DICOM SR
+(:mod:`worker.sr`) from the instance, here, where the patient's dataset is in hand. An SR that
+cannot be built (the source lacks its study or series UIDs) does not hold the finding back: the
+finding goes out without it, and the reason is logged and counted. The worker, ``scanstream
+analyze`` and the benchmark all use it, so what is measured and tested offline is what runs.
 
 Every event ends in one :class:`Outcome`: a finding (with alerts) or a rejection with its reason.
 Errors from bad input are turned into their reasons where they arise (decode, fetch, imaging
@@ -59,6 +62,7 @@ from worker.imaging import (
 from worker.inference import ModelSet, Prediction, cnn_input
 from worker.references import ReferencePolicy
 from worker.settings import Settings
+from worker.sr import report_of
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -76,6 +80,7 @@ class Prepared:
     image: dict[str, Any]
     timings_ms: dict[str, float]
     thumbnail: str | None
+    data: bytes = b""  # the instance as received (for its SR, which needs the dataset)
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,10 @@ class Outcome:
     finding: dict[str, Any] | None = None
     alerts: tuple[dict[str, Any], ...] = ()
     rejection: Rejection | None = None
+    # With SCANSTREAM_SR_TOPIC: the finding's DICOM SR (Part 10 bytes), or why there is none.
+    sr: bytes | None = None
+    sr_error: str | None = None
+    sr_ms: float | None = None
 
     @property
     def reason(self) -> str | None:
@@ -161,6 +170,7 @@ def prepare(
         image=image,
         timings_ms=timings,
         thumbnail=thumbnail,
+        data=data,
     )
 
 
@@ -196,6 +206,7 @@ class Pipeline:
         self.policy = ReferencePolicy.from_settings(settings)
         reader = reader or functools.partial(fetch, policy=self.policy)
         self._reader, self._clock, self._sleep = reader, clock, sleep
+        self._card_notes = tuple(card.intended_use for card in models.cards)
 
     def process(
         self, events: Sequence[ScanEvent], sources: Sequence[dict[str, Any] | None] | None = None
@@ -290,7 +301,10 @@ class Pipeline:
             if errors:
                 detail = f"the {name} document would break its schema: {'; '.join(errors[:3])}"
                 return Outcome(event, rejection=Rejection("contract_violation", detail))
-        return Outcome(event, finding=finding, alerts=tuple(alerts))
+        if not self.settings.sr_topic:
+            return Outcome(event, finding=finding, alerts=tuple(alerts))
+        sr, sr_error, sr_ms = report_of(prepared.data, finding, self._card_notes)
+        return Outcome(event, finding, tuple(alerts), sr=sr, sr_error=sr_error, sr_ms=sr_ms)
 
 
 def analyze(

@@ -134,8 +134,13 @@ def _parse_prefix(prefix: str) -> bytes | _Web:
     raise ConfigError(f"{bad}: use file:///absolute/folder/ or http(s)://host[:port]/path/")
 
 
-def _authorization(raw: str) -> Secret:
-    """The Authorization header value for ``basic USER:PASSWORD`` or ``bearer TOKEN``."""
+def authorization_value(raw: str, variable: str = AUTH) -> Secret:
+    """The Authorization header value for ``basic USER:PASSWORD`` or ``bearer TOKEN``; a
+    ConfigError names ``variable`` (the setting it came from) and never shows the value.
+
+    >>> authorization_value("bearer abc").reveal()
+    'Bearer abc'
+    """
     if not raw:
         return Secret("")
     kind, _, value = raw.strip().partition(" ")
@@ -147,7 +152,7 @@ def _authorization(raw: str) -> Secret:
     if kind == "basic" and colon and user and value.isprintable():
         return Secret("Basic " + base64.b64encode(value.encode("utf-8")).decode("ascii"))
     raise ConfigError(
-        f"{AUTH} (or {AUTH}_FILE) must be 'basic USER:PASSWORD' or 'bearer TOKEN' (a TOKEN "
+        f"{variable} (or {variable}_FILE) must be 'basic USER:PASSWORD' or 'bearer TOKEN' (a TOKEN "
         "of printable ASCII without spaces); the value set is neither (not shown)"
     )
 
@@ -167,7 +172,7 @@ class ReferencePolicy:
         parsed = [_parse_prefix(p) for p in allow]
         return cls(
             tuple(allow),
-            _authorization(auth),
+            authorization_value(auth),
             tuple(p for p in parsed if isinstance(p, bytes)),
             tuple(p for p in parsed if isinstance(p, _Web)),
         )

@@ -185,6 +185,19 @@ class Settings:
     studies_topic: str = "scans.studies"
     gateway_http_port: int = 0  # STOW-RS receiver; 0: off
     gateway_http_auth: Secret = field(default_factory=lambda: Secret(""))
+    # DICOM SR results (worker/sr.py): when set, the worker also produces each finding's SR
+    # (Part 10 bytes) to this topic, as sensitive as the events topic. None: off.
+    sr_topic: str | None = None
+    # `scanstream export`: where the SRs go, dicom://AET@host:port (C-STORE) or
+    # http(s)://host[:port]/path/dicom-web (STOW-RS, Authorization from export_auth).
+    export_to: str | None = None
+    export_auth: Secret = field(default_factory=lambda: Secret(""))  # as reference_auth
+    export_calling_ae_title: str = "SCANSTREAM"
+    export_group_id: str | None = None  # None: one group per destination (worker/export)
+    export_timeout_s: float = 30.0  # one send: association or request, answer included
+    # Sends of one record the destination answered with a temporary failure; then dead letter.
+    export_max_attempts: int = 5
+    export_backoff_max_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -199,6 +212,7 @@ class Settings:
             "topic_min_insync_replicas",
             "gateway_max_associations",
             "gateway_inline_max_bytes",
+            "export_max_attempts",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SCANSTREAM_{name.upper()} must be at least 1")
@@ -210,6 +224,8 @@ class Settings:
             "stall_timeout_s",
             "gateway_ack_timeout_s",
             "study_quiet_s",
+            "export_timeout_s",
+            "export_backoff_max_s",
         ):
             if not getattr(self, name) > 0:  # also refuses NaN
                 raise ConfigError(f"SCANSTREAM_{name.upper()} must be a number of seconds > 0")
@@ -228,11 +244,14 @@ class Settings:
             self.alerts_topic,
             self.dlq_topic,
             self.studies_topic,
+            *([self.sr_topic] if self.sr_topic else []),
         ]
         if len(set(topics)) != len(topics):
             raise ConfigError(
-                "the events, findings, alerts, dead-letter and studies topics must differ"
+                "the events, findings, alerts, dead-letter, studies and SR topics must differ"
             )
+        if not 1 <= len(self.export_calling_ae_title) <= 16:
+            raise ConfigError("SCANSTREAM_EXPORT_CALLING_AE_TITLE must be 1 to 16 characters")
         if self.topic_min_insync_replicas > self.topic_replication_factor:
             raise ConfigError(
                 "SCANSTREAM_TOPIC_MIN_INSYNC_REPLICAS must not exceed "
@@ -307,7 +326,7 @@ class Settings:
 
 # Secrets that may come from a file instead (Kubernetes mounts secrets as files): the variable
 # SCANSTREAM_<FIELD>_FILE names the file, whose content (one trailing newline dropped) is used.
-FILE_SECRETS: Final = ("reference_auth", "sasl_password", "gateway_http_auth")
+FILE_SECRETS: Final = ("reference_auth", "sasl_password", "gateway_http_auth", "export_auth")
 
 # SCANSTREAM_* variables that are not settings fields but belong to the project: where the local
 # broker keeps its state and jars (worker/broker.py), and the _FILE variants above.

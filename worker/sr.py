@@ -21,6 +21,8 @@ True
 from __future__ import annotations
 
 import datetime
+import io
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -30,6 +32,7 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
+from worker.errors import ScanStreamError
 from worker.inference.cards import DEMO_NOTICE
 
 MANUFACTURER: Final = "ScanStream"
@@ -153,6 +156,79 @@ def _edge_group(
     )
 
 
+# Type 2 attributes highdicom copies from the evidence: present in the SR even when empty.
+_STUDY_TYPE2: Final = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+_REQUIRED: Final = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
+
+
+class SRError(ScanStreamError, ValueError):
+    """The source instance lacks what an SR must reference (its study, series or SOP UIDs)."""
+
+
+def _evidence(source: pydicom.Dataset) -> pydicom.Dataset:
+    """``source`` with the patient and study attributes an SR copies, empty where absent (a
+    scanner may leave Type 2 attributes out); pixel data is not copied."""
+    missing = [name for name in _REQUIRED if not source.get(name)]
+    if missing:
+        raise SRError(f"the source instance has no {', '.join(missing)}")
+    evidence = pydicom.Dataset()
+    for element in source:
+        if element.tag.group != 0x7FE0:  # everything but the pixel data
+            evidence.add(element)
+    for name in _STUDY_TYPE2:
+        if name not in evidence:
+            setattr(evidence, name, None)
+    return evidence
+
+
+def sr_part10(
+    data: bytes, finding: Mapping[str, Any], card_notes: Sequence[str] = (DEMO_NOTICE,)
+) -> bytes:
+    """The SR of ``finding`` as a DICOM Part 10 file, from the source instance's bytes.
+
+    >>> from worker.contract import ScanEvent
+    >>> from worker.inference import ModelSet
+    >>> from worker.phantoms import ct_slice, encode_ct
+    >>> from worker.pipeline import analyze
+    >>> from worker.settings import Settings
+    >>> data = encode_ct(ct_slice(1, 64))
+    >>> finding = analyze(ScanEvent("e1", 0.0, data=data), ModelSet.load(), Settings())
+    >>> sr = pydicom.dcmread(io.BytesIO(sr_part10(data, finding)))
+    >>> sr.Modality, sr.SOPInstanceUID == sop_instance_uid_for(finding["finding_id"])
+    ('SR', True)
+    """
+    source = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    out = io.BytesIO()
+    build_sr(source, finding, card_notes).save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def report_of(
+    data: bytes, finding: Mapping[str, Any], card_notes: Sequence[str]
+) -> tuple[bytes | None, str | None, float]:
+    """(SR bytes or None, why there is none, milliseconds spent): never raises, so that an SR
+    that cannot be built does not hold its finding back (the caller logs and counts why)."""
+    t0 = time.perf_counter()
+    try:
+        return sr_part10(data, finding, card_notes), None, (time.perf_counter() - t0) * 1e3
+    except SRError as exc:  # names missing attributes, never their values
+        why = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - highdicom or pydicom refusing what it holds
+        # Only the type: such a message may quote an attribute's value, a patient's name.
+        why = f"{type(exc).__name__} while building it (message withheld: it may quote PHI)"
+    return None, why[:300], (time.perf_counter() - t0) * 1e3
+
+
 def build_sr(
     source: pydicom.Dataset,
     finding: Mapping[str, Any],
@@ -161,10 +237,13 @@ def build_sr(
     """The TID 1500 report of ``finding``, the analysis of the instance ``source``.
 
     ``source`` needs its identifying attributes (patient, study, series, SOP); pixel data is
-    not used. ``card_notes`` are the ``intended_use`` of the cards of the models behind the
+    not used; Type 2 patient and study attributes it lacks are left empty in the SR, and
+    :class:`SRError` says which UIDs are missing when it cannot reference it. ``card_notes``
+    are the ``intended_use`` of the cards of the models behind the
     finding (:attr:`worker.inference.cards.ModelCard.intended_use`); the report carries
     :data:`DEMONSTRATION_TEXT` when any says "not clinically validated".
     """
+    source = _evidence(source)
     finding_id = str(finding["finding_id"])
     versions = {str(m["name"]): str(m["version"]) for m in finding.get("models", [])}
     groups: list[

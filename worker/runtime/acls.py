@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from worker.errors import BrokerError
+from worker.runtime.kafka import topic_names
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,26 +67,16 @@ def transactional_prefix(settings: Settings) -> str:
 
 def worker_grants(settings: Settings) -> list[Grant]:
     """Exactly what a worker with these settings needs, nothing more."""
+    events, *outputs = topic_names(settings)  # outputs: results (and SRs, when on)
     grants = [
-        Grant("topic", settings.events_topic, "Read"),
+        Grant("topic", events, "Read"),
         Grant("group", settings.group_id, "Read"),
-        *(
-            Grant("topic", t, "Write")
-            for t in (settings.findings_topic, settings.alerts_topic, settings.dlq_topic)
-        ),
+        *(Grant("topic", t, "Write") for t in outputs),
     ]
     if settings.delivery == "exactly-once":
         grants.append(Grant("transactional-id", transactional_prefix(settings), "Write", True))
     if settings.create_topics:
-        grants += [
-            Grant("topic", t, "Create")
-            for t in (
-                settings.events_topic,
-                settings.findings_topic,
-                settings.alerts_topic,
-                settings.dlq_topic,
-            )
-        ]
+        grants += [Grant("topic", t, "Create") for t in (events, *outputs)]
     return grants
 
 

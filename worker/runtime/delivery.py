@@ -158,13 +158,16 @@ class Delivery:
                 elif (replacement := self._refused(batch[i], m, error)) is None:
                     transient = error  # nothing left to drop: not this record's fault
                 else:
+                    alert = m >= (batch[i] or replacement).essential
                     batch[i] = replacement
-                    if m > 0:
+                    if alert:
                         acked[i].add(m)  # the alert is given up
                         continue
                     acked[i] = set()
                     for key in [k for k in inflight if k[0] == i]:
-                        del inflight[key]  # a stray alert of a refused finding may still land
+                        # A stray SR or alert of a refused finding may still land: the SR's
+                        # SOP Instance UID is its finding's, so a later replay replaces it.
+                        del inflight[key]
             if transient is not None:
                 self._back_off(transient, "produce")
             elif inflight:
@@ -248,7 +251,7 @@ class Delivery:
         None when nothing is left to drop (then it is retried like a broker failure)."""
         if result is None:
             return None
-        if message > 0:  # an alert: the finding stands; the alert is lost, and said so loudly
+        if message >= result.essential:  # an alert: the finding stands; it is lost, loudly
             log.error("alert of offset %s refused for good: %r", result.record.offset, error)
             return without_alert(result, message)
         replacement = (

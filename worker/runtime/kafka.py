@@ -198,11 +198,13 @@ def admin_client(bootstrap: str, settings: Settings, **extra: Any) -> KafkaAdmin
 
 
 def topic_names(settings: Settings) -> list[str]:
+    """The worker's topics: events in; findings, alerts, dead letters (and SRs, if on) out."""
     return [
         settings.events_topic,
         settings.findings_topic,
         settings.alerts_topic,
         settings.dlq_topic,
+        *([settings.sr_topic] if settings.sr_topic else []),
     ]
 
 

@@ -29,6 +29,7 @@ class RunStats:
     dead_letters: int = 0
     alerts: int = 0
     replays: int = 0
+    srs_not_built: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -75,6 +76,16 @@ class Observer:
             self.metrics.observe_e2e(max(0.0, now - result.sent_at))
         self.stats.findings += 1
         self.metrics.count_event("finding")
+        if result.sr_ms is not None:
+            self.metrics.observe_stage("sr", result.sr_ms / 1e3)
+            self.metrics.count_sr("not_built" if result.sr_error else "produced")
+            if result.sr_error:
+                self.stats.srs_not_built += 1
+                log.warning(
+                    "finding %s went without its SR: %s",
+                    result.finding["finding_id"],
+                    result.sr_error,
+                )
         for severity in result.raised_alerts():
             self.metrics.count_alert(severity)
             self.stats.alerts += 1

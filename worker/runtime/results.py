@@ -2,8 +2,13 @@
 letter that carries the original record. Pure functions of the record and the documents; the
 delivery sends them and the observer counts them once their offsets are committed.
 
-The first message of a result is its primary one (the finding or the dead letter); alerts
-follow. A dead letter keeps the original key, value and headers exactly, nulls included, and
+The first message of a result is its primary one (the finding or the dead letter); with
+``SCANSTREAM_SR_TOPIC`` set, the finding's DICOM SR follows it as a second essential message
+(``essential``: refused for good, it turns the event into a dead letter like a refused finding);
+alerts follow. The SR record has the event's key, ``content-type: application/dicom`` and the
+``event-id`` and ``finding-id`` headers; its value is the SR's Part 10 file.
+
+A dead letter keeps the original key, value and headers exactly, nulls included, and
 adds the ``scanstream.error.*`` headers. When the broker refuses a result for good, it becomes
 a dead letter (``result_refused``); when it refuses that dead letter too (larger than the
 dead-letter topic allows), :func:`reduced_dead_letter` drops what it must, first the value, then
@@ -23,6 +28,9 @@ from typing import Any
 from kafka import TopicPartition
 
 from worker.contract import (
+    CONTENT_TYPE,
+    DICOM_TYPE,
+    EVENT_ID,
     ScanEvent,
     dead_letter_headers,
     decode_headers,
@@ -39,6 +47,7 @@ HeaderList = list[tuple[str, bytes | None]]
 Message = tuple[str, Any, HeaderList]  # topic, value (bytes or NULL), headers
 _JSON: HeaderList = [("content-type", b"application/json")]
 DROPPED = "scanstream.error.dropped"
+FINDING_ID = "finding-id"
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,9 @@ class EventResult:
     rejection: Rejection | None = None
     alert_severities: tuple[str, ...] = ()
     sent_at: float | None = None
+    essential: int = 1  # messages[:essential] stand or fall together (finding and its SR)
+    sr_ms: float | None = None  # time spent building the SR, when one was asked for
+    sr_error: str | None = None  # why the finding has no SR, when one was asked for
     reduced: int = field(default=0, compare=False)  # how much of the original was dropped
 
     def live_messages(self) -> list[int]:
@@ -60,7 +72,8 @@ class EventResult:
 
     def raised_alerts(self) -> list[str]:
         """Severities of the alerts that are delivered with this result."""
-        return [s for s, m in zip(self.alert_severities, self.messages[1:], strict=False) if m]
+        alerts = self.messages[self.essential :]
+        return [s for s, m in zip(self.alert_severities, alerts, strict=False) if m]
 
     @property
     def tp(self) -> TopicPartition:
@@ -87,7 +100,11 @@ def source_of(record: Any) -> dict[str, Any]:
 
 def from_outcome(record: Any, outcome: Outcome, settings: Settings) -> EventResult:
     if outcome.finding is not None:
-        return finding_result(record, outcome.finding, list(outcome.alerts), settings)
+        result = finding_result(record, outcome.finding, list(outcome.alerts), settings)
+        if settings.sr_topic:
+            result = with_sr(result, outcome.sr, settings.sr_topic)
+            result = replace(result, sr_ms=outcome.sr_ms, sr_error=outcome.sr_error)
+        return result
     assert outcome.rejection is not None
     return dead_letter_result(record, outcome.rejection, settings)
 
@@ -105,6 +122,19 @@ def finding_result(
         alert_severities=tuple(a["severity"] for a in alerts),
         sent_at=time.time() - finding["latency_ms"] / 1e3,
     )
+
+
+def with_sr(result: EventResult, sr: bytes | None, topic: str) -> EventResult:
+    """``result`` with the SR as its second essential message (nothing added without one)."""
+    if sr is None or result.finding is None:
+        return result
+    headers: HeaderList = [
+        (CONTENT_TYPE, DICOM_TYPE.encode()),
+        (EVENT_ID, str(result.finding["event_id"]).encode()),
+        (FINDING_ID, str(result.finding["finding_id"]).encode()),
+    ]
+    first, *alerts = result.messages
+    return replace(result, messages=(first, (topic, sr, headers), *alerts), essential=2)
 
 
 def dead_letter_result(record: Any, rejection: Rejection, settings: Settings) -> EventResult:

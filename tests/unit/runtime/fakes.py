@@ -98,6 +98,23 @@ class FakeProducer:
     def close(self, timeout: float | None = None) -> None:
         self.log.append("producer close")
 
+    # Transactions (exactly-once), logged in order; offsets sent go to ``txn_offsets``.
+    def init_transactions(self) -> None:
+        self.log.append("init_transactions")
+
+    def begin_transaction(self) -> None:
+        self.log.append("begin_transaction")
+
+    def send_offsets_to_transaction(self, offsets: Any, group_metadata: Any) -> None:
+        self.log.append("send_offsets_to_transaction")
+        self.txn_offsets = dict(offsets)
+
+    def commit_transaction(self) -> None:
+        self.log.append("commit_transaction")
+
+    def abort_transaction(self) -> None:
+        self.log.append("abort_transaction")
+
     def acked(self, topic: str | None = None) -> list[Sent]:
         return [s for s in self.sent if s.acked and (topic is None or s.topic == topic)]
 
@@ -175,6 +192,9 @@ class FakeConsumer:
 
     def close(self) -> None:
         self.log.append("consumer close")
+
+    def group_metadata(self) -> str:
+        return "fake-group-metadata"
 
     def pause(self, *tps: TopicPartition) -> None:
         self.log.append("pause")
