@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +41,76 @@ START_TIMEOUT_S = 30.0
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+class _Process:
+    """The Orthanc process of one handle: started and stopped on the same config (ports,
+    storage, index), so a restarted server holds what the stopped one stored."""
+
+    def __init__(self, config: Path, cwd: Path, log: Path) -> None:
+        self.config, self.cwd, self.log = config, cwd, log
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self, server: Orthanc) -> None:
+        if self.popen is not None:
+            raise AssertionError("Orthanc is running already")
+        with self.log.open("ab") as sink:  # appended: the log of every run is kept
+            self.popen = subprocess.Popen(
+                [str(ORTHANC), "--no-jobs", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+            )
+        try:
+            _wait_ready(server, self.popen)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, kill: bool = False) -> None:
+        process, self.popen = self.popen, None
+        if process is None:
+            return
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
 @dataclass(frozen=True)
 class Orthanc:
-    """A running Orthanc: its HTTP base URL (no trailing slash), DICOM port and AE title."""
+    """A running Orthanc: its HTTP base URL (no trailing slash), DICOM port and AE title.
+
+    :meth:`stop` and :meth:`start` take the same server down and bring it back (same ports,
+    same storage): a destination that goes away for a while.
+    """
 
     base: str
     dicom_port: int
     aet: str
     auth: tuple[str, str]
     log: Path
+    _process: _Process | None = field(default=None, repr=False, compare=False)
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the server: SIGTERM, then SIGKILL after 15 s; ``kill``: SIGKILL at once (a
+        crash). Nothing if stopped already. A graceful stop waits for each DICOM association
+        still open to carry one more request or to idle out (Orthanc's ``DicomScpTimeout``,
+        30 s): with an idle association kept open by a peer it ends in the SIGKILL after 15 s
+        (measured); use ``kill=True`` there, or close the association first."""
+        if self._process is None:
+            raise AssertionError("this Orthanc handle was not made by running_orthanc")
+        self._process.stop(kill)
+
+    def start(self) -> None:
+        """Start the stopped server again on the same ports and storage; waits until ready."""
+        if self._process is None:
+            raise AssertionError("this Orthanc handle was not made by running_orthanc")
+        self._process.start(self)
 
     @property
     def dicomweb(self) -> str:
@@ -141,10 +202,14 @@ def running_orthanc(
     tmp_path: Path,
     dicom_modalities: Mapping[str, tuple[str, str, int]] | None = None,
     auth: tuple[str, str] | None = None,
+    lua: str | None = None,
 ) -> Iterator[Orthanc]:
     """A fresh Orthanc for the block; ``dicom_modalities``: name -> (AET, host, port).
 
-    ``auth`` defaults to user ``scan`` with a random password (see ``Orthanc.auth``).
+    ``auth`` defaults to user ``scan`` with a random password (see ``Orthanc.auth``). ``lua``:
+    a Lua script Orthanc runs (written to ``orthanc.lua``, named in ``LuaScripts``), e.g. a
+    ``ReceivedInstanceFilter``; see tests/integration/test_export_destinations.py for what
+    Orthanc 1.10.1 answers when that filter refuses an instance.
     """
     if not ORTHANC.exists() or not DICOMWEB_PLUGIN.exists():
         why = f"no {ORTHANC} or {DICOMWEB_PLUGIN}: apt-get install orthanc orthanc-dicomweb"
@@ -155,27 +220,20 @@ def running_orthanc(
     http_port, dicom_port = free_port(), free_port()
     config = tmp_path / "orthanc.json"
     cfg = _config(tmp_path, http_port, dicom_port, dicom_modalities or {}, auth)
+    if lua is not None:
+        script = tmp_path / "orthanc.lua"
+        script.write_text(lua)
+        cfg["LuaScripts"] = [str(script)]
     config.write_text(json.dumps(cfg, indent=2))
     log = tmp_path / "orthanc.log"
-    server = Orthanc(f"http://127.0.0.1:{http_port}", dicom_port, "ORTHANC", auth, log)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [str(ORTHANC), "--no-jobs", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
+    log.write_bytes(b"")
+    process = _Process(config, tmp_path, log)
+    server = Orthanc(f"http://127.0.0.1:{http_port}", dicom_port, "ORTHANC", auth, log, process)
+    process.start(server)
     try:
-        _wait_ready(server, process)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        process.stop()
 
 
 def _wait_ready(server: Orthanc, process: subprocess.Popen[bytes]) -> None:

@@ -84,6 +84,7 @@ def cmd_acls(args: argparse.Namespace) -> int:
         "publisher": acls.publisher_grants,
         "gateway": acls.gateway_grants,
         "reader": acls.reader_grants,
+        "export": acls.export_grants,
     }
     for grant in roles[args.role](settings):
         line = grant.line(args.principal)
@@ -158,6 +159,15 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return run_gateway(settings)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from worker.export.service import run_export
+
+    settings = _settings(args)
+    if args.to is not None:
+        settings = settings.replace(export_to=args.to)
+    return run_export(settings, drain=args.drain)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from worker.inference import list_models, verify_models
 
@@ -228,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="C-STORE port (default SCANSTREAM_GATEWAY_PORT)")
     p.set_defaults(func=cmd_gateway)
 
+    p = sub.add_parser("export", help="send the SRs of SCANSTREAM_SR_TOPIC to a PACS")
+    kafka_flags(p)
+    p.add_argument("--to", help="dicom://AET@host:port or http(s)://host/dicom-web")
+    p.add_argument("--metrics-port", type=int, dest="metrics_port")
+    p.add_argument("--drain", action="store_true", help="exit once every SR was sent")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("demo", help="local broker + worker + pydicom samples, end to end")
     kafka_flags(p)
     p.add_argument("--timeout", type=float, default=150.0)
@@ -243,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("acls", help="print the Kafka ACLs a role needs with these settings")
-    p.add_argument("role", choices=["worker", "gateway", "publisher", "reader"])
+    p.add_argument("role", choices=["worker", "gateway", "publisher", "reader", "export"])
     p.add_argument("--principal", default="User:scanstream")
     p.set_defaults(func=cmd_acls)
 

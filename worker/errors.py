@@ -9,7 +9,10 @@ out), ``result_refused`` (the broker refused this event's finding for good, e.g.
 ``reference_refused`` (the URI lies outside what ``SCANSTREAM_REFERENCE_ALLOW`` permits, or breaks
 a rule of :mod:`worker.references`: a file URI with a host, dot-segments, userinfo, a redirect
 leaving the allowed prefixes; with the default empty allow-list every reference event is
-refused) as opposed to ``fetch_error`` (allowed, but it could not be read). ``internal_error`` is
+refused) as opposed to ``fetch_error`` (allowed, but it could not be read). The exporter of DICOM
+SRs (``scanstream export``) dead-letters an SR record with ``export_rejected`` (its destination
+refused it for good: a C-STORE failure status, an HTTP 4xx) or ``export_failed`` (temporary
+failures, ``SCANSTREAM_EXPORT_MAX_ATTEMPTS`` in a row, for this record). ``internal_error`` is
 kept for our own bugs: the test suite fails on any. Library errors are wrapped with
 ``raise Rejection(...) from exc`` so the cause is kept for the log while the dead letter
 carries only the reason and a short detail.
@@ -38,6 +41,8 @@ Reason = Literal[
     "timeout",
     "result_refused",
     "contract_violation",
+    "export_rejected",
+    "export_failed",
     "internal_error",
 ]
 REASONS: Final[tuple[str, ...]] = get_args(Reason)

@@ -21,7 +21,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 from prometheus_client import (
@@ -318,6 +318,7 @@ class Health:
         self._ready = False
         self._backlog = 0
         self._problem = ""
+        self._waiting_on = ""
 
     def beat(self) -> None:
         """Note that the loop is making progress (call it on every poll)."""
@@ -346,6 +347,16 @@ class Health:
         with self._lock:
             self._problem = " ".join(text.split())[:200]
 
+    def set_waiting_on(self, text: str) -> None:
+        """Say that progress waits on something outside ("" when no longer), such as an export
+        destination that is down: ``/healthz`` stays 200 (restarting would not bring it back)
+        and says so in its body, the stall rule is suspended, and ``/readyz`` answers 503."""
+        now = self._clock()
+        with self._lock:
+            if self._waiting_on and not text:
+                self._last_progress = now  # the stall clock restarts when the wait ends
+            self._waiting_on = " ".join(text.split())[:200]
+
     def set_ready(self, ready: bool) -> None:
         """Say whether the worker can take traffic."""
         with self._lock:
@@ -358,6 +369,8 @@ class Health:
             silent = now - self._last_beat
             if silent > max_silence_s:
                 return False, f"the loop has not polled for {silent:.0f} s"
+            if self._waiting_on:
+                return True, f"waiting: {self._waiting_on}"
             stuck = now - self._last_progress
             if self._backlog > 0 and stuck > self._stall_timeout_s:
                 why = f" (last error: {self._problem})" if self._problem else ""
@@ -372,9 +385,9 @@ class Health:
         return self.status(max_silence_s)[0]
 
     def ready(self) -> bool:
-        """Whether the worker said it can take traffic."""
+        """Whether the worker said it can take traffic (and waits on nothing outside)."""
         with self._lock:
-            return self._ready
+            return self._ready and not self._waiting_on
 
 
 class MetricsServer:
@@ -416,8 +429,14 @@ class MetricsServer:
         self.close()
 
 
+class Rendered(Protocol):
+    """What ``/metrics`` serves: the worker's :class:`Metrics` or the exporter's own."""
+
+    def render(self) -> bytes: ...
+
+
 def serve(
-    metrics: Metrics, health: Health, host: str, port: int, *, max_silence_s: float = 30.0
+    metrics: Rendered, health: Health, host: str, port: int, *, max_silence_s: float = 30.0
 ) -> MetricsServer:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` from a daemon thread.
 

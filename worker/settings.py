@@ -264,6 +264,10 @@ class Settings:
         from worker.references import ReferencePolicy
 
         ReferencePolicy.from_settings(self)  # ConfigError for a bad prefix or auth value
+        if self.export_to:
+            from worker.export.destinations import parse_destination
+
+            parse_destination(self.export_to)  # ConfigError naming SCANSTREAM_EXPORT_TO
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -308,6 +312,7 @@ class Settings:
             alerts_topic=f"{prefix}.alerts",
             dlq_topic=f"{prefix}.dlq",
             studies_topic=f"{prefix}.studies",
+            sr_topic=f"{prefix}.sr" if self.sr_topic else None,
             group_id=prefix,
         )
 

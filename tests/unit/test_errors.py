@@ -21,6 +21,8 @@ def test_reason_codes_are_the_contract() -> None:
         "timeout",
         "result_refused",
         "contract_violation",
+        "export_rejected",
+        "export_failed",
         "internal_error",
     }
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
-import shutil
-import subprocess
 from typing import Any
 
 import highdicom as hd
@@ -13,6 +10,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.sr.codedict import codes
+from tooling import dciodvfy_errors
 
 from worker.contract import ScanEvent
 from worker.inference import ModelSet
@@ -69,14 +67,7 @@ def _texts(items: Any, name: hd.sr.CodedConcept) -> list[str]:
 
 
 def test_dciodvfy_finds_no_error(sr_file: pathlib.Path) -> None:
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("dciodvfy (Debian dicom3tools) is missing on CI")
-        pytest.skip("dciodvfy (Debian dicom3tools) is not installed")
-    run = subprocess.run([exe, str(sr_file)], capture_output=True, text=True, timeout=60)
-    output = run.stdout + run.stderr
-    errors = [line for line in output.splitlines() if line.startswith("Error")]
+    errors, output = dciodvfy_errors(sr_file)
     assert errors == [], output
 
 

@@ -33,7 +33,9 @@ class Sent:
 
 @dataclass(frozen=True)
 class Rejected:
-    """Refused for good because of this record."""
+    """Refused for good because of this record. ``status``: the C-STORE status, the STOW-RS
+    FailureReason or HTTP status; 0 where it was refused before anything was sent (not a
+    readable DICOM file, not an SR)."""
 
     status: int
     detail: str

@@ -95,6 +95,23 @@ def gateway_grants(settings: Settings) -> list[Grant]:
     return grants
 
 
+def export_grants(settings: Settings) -> list[Grant]:
+    """``scanstream export``: Read on the SR topic and its group, Write on the dead letters."""
+    from worker.export.loop import export_group
+    from worker.export.service import check_export_settings
+
+    name = check_export_settings(settings)
+    assert settings.sr_topic is not None  # checked above
+    grants = [
+        Grant("topic", settings.sr_topic, "Read"),
+        Grant("group", export_group(settings, name), "Read"),
+        Grant("topic", settings.dlq_topic, "Write"),
+    ]
+    if settings.create_topics:
+        grants += [Grant("topic", t, "Create") for t in (settings.sr_topic, settings.dlq_topic)]
+    return grants
+
+
 def reader_grants(settings: Settings) -> list[Grant]:
     """Reading every result topic by assignment (the demo's watcher), no group."""
     return [

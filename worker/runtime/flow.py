@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, wait
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 
-from worker.metrics import Health, Metrics
+from worker.metrics import Health
 
 
 class FlowControl:
@@ -77,13 +77,19 @@ class FlowControl:
             self.consumer.seek(tp, min(r.offset for r in records))
 
 
+class LagGauges(Protocol):
+    """Where the lag of partitions lives (the worker's or the exporter's metrics)."""
+
+    def remove_lag(self, topic: str, partition: int) -> None: ...
+
+
 class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """Keeps new partitions paused while the loop waits, and readiness, lag and
     :attr:`FlowControl.revoked` truthful. Runs on kafka-python's network thread, where nothing
     may block (no commit): a batch whose partitions go is not committed, and their next owner
     replays it (at-least-once; in exactly-once mode its transaction is aborted)."""
 
-    def __init__(self, flow: FlowControl, metrics: Metrics) -> None:
+    def __init__(self, flow: FlowControl, metrics: LagGauges) -> None:
         self.flow, self.metrics = flow, metrics
 
     def on_partitions_revoked(self, revoked: Any) -> None:

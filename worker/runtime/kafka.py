@@ -209,13 +209,17 @@ def topic_names(settings: Settings) -> list[str]:
 
 
 def ensure_topics(
-    bootstrap: str, settings: Settings, partitions: int = 3, also: tuple[str, ...] = ()
+    bootstrap: str,
+    settings: Settings,
+    partitions: int = 3,
+    also: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
 ) -> None:
     """Create the events, findings, alerts and dead-letter topics (and ``also``, e.g. the
     gateway's studies topic) if they are missing, with the configured replication factor and
     ``min.insync.replicas``; with ``SCANSTREAM_CREATE_TOPICS=false`` only check that they exist
-    and are visible."""
-    names = [*topic_names(settings), *also]
+    and are visible. ``only`` replaces the worker's topics (the exporter needs just its own)."""
+    names = [*(topic_names(settings) if only is None else only), *also]
     limit = settings.max_message_bytes + _HEADROOM
     admin = admin_client(bootstrap, settings)
     try:

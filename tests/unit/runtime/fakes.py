@@ -127,10 +127,11 @@ class FakeConsumer:
         log: list[str],
         batches: list[list[Record]],
         commit_error: Callable[[int], BaseException | None] = lambda _: None,
+        topic: str = TOPIC,
     ) -> None:
         self.log, self.batches, self.commit_error = log, batches, commit_error
         self.committed_offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        self.tp = TopicPartition(TOPIC, 0)
+        self.tp = TopicPartition(topic, 0)
         self.owned = {self.tp}
         self._paused: set[TopicPartition] = set()
         self._end = max((r.offset + 1 for b in batches for r in b), default=0)
