@@ -264,10 +264,17 @@ class Settings:
         from worker.references import ReferencePolicy
 
         ReferencePolicy.from_settings(self)  # ConfigError for a bad prefix or auth value
+        from worker.references import authorization_value
+
+        export_auth = authorization_value(self.export_auth.reveal(), "SCANSTREAM_EXPORT_AUTH")
         if self.export_to:
             from worker.export.destinations import parse_destination
 
-            parse_destination(self.export_to)  # ConfigError naming SCANSTREAM_EXPORT_TO
+            kind = parse_destination(self.export_to).kind  # ConfigError naming the variable
+            if kind == "dicom" and export_auth:
+                raise ConfigError(
+                    "SCANSTREAM_EXPORT_AUTH is for http(s) destinations; C-STORE has none: unset it"
+                )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

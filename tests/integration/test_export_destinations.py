@@ -30,7 +30,9 @@ from pydicom.data import get_testdata_file
 
 from worker.contract import ScanEvent
 from worker.export import Failed, Rejected, Sent, Unreachable
-from worker.export.destinations import CStoreDestination, StowDestination, open_destination
+from worker.export.cstore import CStoreDestination
+from worker.export.destinations import open_destination
+from worker.export.stow import StowDestination
 from worker.inference import ModelSet
 from worker.pipeline import analyze
 from worker.settings import Secret, Settings

@@ -110,3 +110,47 @@ def test_acls_worker_prints_exactly_the_worker_grants(
         prefix + "--allow-principal User:w --operation Write --transactional-id "
         "scanstream-radiology- --resource-pattern-type prefixed",
     ]
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({}, "SCANSTREAM_SR_TOPIC"),
+        ({"SCANSTREAM_SR_TOPIC": "scans.sr"}, "SCANSTREAM_EXPORT_TO"),
+        (
+            {"SCANSTREAM_SR_TOPIC": "scans.sr", "SCANSTREAM_EXPORT_TO": "ftp://pacs/"},
+            "SCANSTREAM_EXPORT_TO",
+        ),
+        (
+            {
+                "SCANSTREAM_SR_TOPIC": "scans.sr",
+                "SCANSTREAM_EXPORT_TO": "dicom://PACS@h:104",
+                "SCANSTREAM_EXPORT_AUTH": "basic u:p",
+            },
+            "SCANSTREAM_EXPORT_AUTH",
+        ),
+    ],
+)
+def test_export_fails_fast_naming_what_to_set(env: dict[str, str], names: str) -> None:
+    """Before any broker is looked for: nothing here runs one."""
+    clean = {k: "" for k in os.environ if k.startswith("SCANSTREAM_")}
+    proc = scanstream("export", **clean, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", **env)
+    assert proc.returncode == 2, proc.stderr
+    assert names in proc.stderr and "Traceback" not in proc.stderr
+    assert "u:p" not in proc.stderr
+
+
+def test_acls_export_names_the_sr_topic_its_group_and_the_dead_letters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.runtime.acls import Grant, export_grants
+    from worker.settings import Settings
+
+    settings = Settings(
+        sr_topic="scans.sr", export_to="dicom://PACS@10.0.0.5:104", create_topics=False
+    )
+    assert export_grants(settings) == [
+        Grant("topic", "scans.sr", "Read"),
+        Grant("group", "scanstream-export-dicom-PACS-10.0.0.5-104", "Read"),
+        Grant("topic", "scans.dlq", "Write"),
+    ]

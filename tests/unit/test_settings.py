@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from worker.errors import ConfigError
@@ -52,3 +54,25 @@ def test_secret_never_printed() -> None:
     assert "hunter2" not in repr(s)
     assert "hunter2" not in str(s.describe())
     assert s.describe()["pseudonym_key"] == "***"
+
+
+def test_the_sr_topic_must_differ_from_the_others() -> None:
+    with pytest.raises(ConfigError, match="SR topics must differ"):
+        Settings(sr_topic="scans.events")
+    assert Settings(sr_topic="scans.sr").namespaced("t1").sr_topic == "t1.sr"
+    assert Settings().namespaced("t1").sr_topic is None  # off stays off
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SCANSTREAM_EXPORT_TO": "pacs:104"}, "SCANSTREAM_EXPORT_TO='pacs:104'"),
+        ({"SCANSTREAM_EXPORT_TO": "https://u:secret@pacs/dicom-web"}, "SCANSTREAM_EXPORT_AUTH"),
+        ({"SCANSTREAM_EXPORT_AUTH": "token abc"}, "SCANSTREAM_EXPORT_AUTH"),
+        ({"SCANSTREAM_EXPORT_MAX_ATTEMPTS": "0"}, "SCANSTREAM_EXPORT_MAX_ATTEMPTS"),
+    ],
+)
+def test_export_settings_fail_naming_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        Settings.from_env(env)
+    assert "secret" not in str(info.value) and "abc" not in str(info.value)

@@ -1,6 +1,6 @@
 """Export destinations: SCANSTREAM_EXPORT_TO parsing, STOW-RS against a loopback HTTP server and
 C-STORE against an in-process pynetdicom SCP, each answer classified as Sent / Rejected / Failed
-/ Unreachable (worker/export/destinations.py)."""
+/ Unreachable (worker/export/destinations.py, cstore.py, stow.py)."""
 
 from __future__ import annotations
 
@@ -29,14 +29,10 @@ from worker.broker import free_port
 from worker.contract import ScanEvent
 from worker.errors import ConfigError
 from worker.export import Failed, Rejected, SendResult, Sent, Unreachable
-from worker.export.destinations import (
-    SR_STORAGE,
-    CStoreDestination,
-    DestinationSpec,
-    StowDestination,
-    open_destination,
-    parse_destination,
-)
+from worker.export.cstore import SR_STORAGE, CStoreDestination
+from worker.export.destinations import open_destination, parse_destination
+from worker.export.spec import DestinationSpec
+from worker.export.stow import StowDestination
 from worker.inference import ModelSet
 from worker.pipeline import analyze
 from worker.settings import Secret, Settings
