@@ -39,6 +39,7 @@ from worker.metrics import Health, Metrics
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.delivery import Delivery
 from worker.runtime.flow import FlowControl, Rebalance
+from worker.runtime.membership import STUCK_AFTER_S, MembershipWatchdog, replace_consumer
 from worker.runtime.observer import Observer
 from worker.runtime.results import EventResult, dead_letter_result
 from worker.settings import Settings
@@ -92,13 +93,19 @@ class Exporter:
         self.producer = producer or kafka_clients.producer(
             bootstrap, settings, max_block_ms=int(min(10_000, settings.max_poll_interval_ms / 4))
         )
-        self.consumer = consumer or kafka_clients.consumer(
-            bootstrap,
-            settings,
-            group_id=export_group(settings, destination.name),
-            isolation_level="read_committed",  # an SR of an aborted transaction is not sent
-            max_poll_records=min(BATCH_MAX, settings.max_poll_records),
-        )
+
+        def make_consumer() -> Any:
+            return kafka_clients.consumer(
+                bootstrap,
+                settings,
+                group_id=export_group(settings, destination.name),
+                isolation_level="read_committed",  # an SR of an aborted transaction is not sent
+                max_poll_records=min(BATCH_MAX, settings.max_poll_records),
+            )
+
+        self._factory = None if consumer is not None else make_consumer
+        self._watchdog = None if consumer is not None else MembershipWatchdog(STUCK_AFTER_S)
+        self.consumer = consumer or make_consumer()
         self.flow = FlowControl(self.consumer, health, settings.max_poll_interval_ms)
         # The worker's delivery produces the dead letters and commits; its observer's metrics
         # are the worker's and stay unserved here (they would count SR records as "events").
@@ -106,8 +113,11 @@ class Exporter:
         self.delivery = Delivery(self.producer, self.consumer, settings, self.flow, observer)
         self.stats = observer.stats
         self.sent = 0
+        self._subscribe()
+
+    def _subscribe(self) -> None:
         self.consumer.partitions_for_topic(self.topic)
-        self.consumer.subscribe([self.topic], listener=Rebalance(self.flow, metrics))
+        self.consumer.subscribe([self.topic], listener=Rebalance(self.flow, self.metrics))
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -125,6 +135,13 @@ class Exporter:
                     self._handle(records)
                 elif drain and self._caught_up():
                     break
+                elif self._watchdog is not None and self._watchdog.stuck(self.consumer):
+                    self._watchdog.reset()  # stuck outside its group: join afresh
+                    log.warning("the exporter's consumer is stuck outside its group: replacing it")
+                    replace_consumer(self.consumer)
+                    assert self._factory is not None
+                    self.consumer = self.flow.consumer = self.delivery.consumer = self._factory()
+                    self._subscribe()
         finally:
             self.close()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
@@ -33,6 +34,12 @@ from worker.pipeline import Pipeline
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.delivery import Delivery
 from worker.runtime.flow import FlowControl, Rebalance
+from worker.runtime.membership import (
+    STUCK_AFTER_S,
+    MembershipWatchdog,
+    member_state,
+    replace_consumer,
+)
 from worker.runtime.observer import Observer, RunStats
 from worker.runtime.results import (
     EventResult,
@@ -60,8 +67,11 @@ class Worker:
         consumer: Any = None,
         producer: Any = None,
         pipeline: Pipeline | None = None,
+        consumer_factory: Callable[[], Any] | None = None,
     ) -> None:
-        """``consumer``/``producer``/``pipeline`` default to the real ones; tests pass fakes."""
+        """``consumer``/``producer``/``pipeline`` default to the real ones; tests pass fakes.
+        ``consumer_factory`` makes the consumer (and its replacement when one is stuck outside
+        its group: :mod:`worker.runtime.membership`); a ``consumer`` given is never replaced."""
         self.settings = settings
         self.health = health
         self.metrics = metrics
@@ -84,9 +94,16 @@ class Worker:
         try:
             if settings.delivery == "exactly-once":
                 self.producer.init_transactions()  # fails here without its ACL, for one
-            self.consumer = consumer or kafka_clients.consumer(
-                bootstrap, settings, isolation_level="read_committed"
-            )
+            if consumer is not None:
+                consumer_factory = None  # the caller's consumer: never replaced
+            else:
+                consumer_factory = consumer_factory or (
+                    lambda: kafka_clients.consumer(
+                        bootstrap, settings, isolation_level="read_committed"
+                    )
+                )
+                consumer = consumer_factory()
+            self.consumer = consumer
         except BaseException:
             self.producer.close(timeout=0)  # a failed start leaves no client (and socket) open
             self._compute_pool.shutdown()
@@ -94,10 +111,30 @@ class Worker:
         self.observer = Observer(metrics, health)
         self.flow = FlowControl(self.consumer, health, settings.max_poll_interval_ms)
         self.delivery = Delivery(self.producer, self.consumer, settings, self.flow, self.observer)
+        self._factory = consumer_factory
+        self._watchdog = MembershipWatchdog(STUCK_AFTER_S) if consumer_factory else None
+        self._subscribe()
+
+    def _subscribe(self) -> None:
         # Fetch the topic's metadata before joining: a group leader without it assigns nothing
         # (kafka-python logs "No partition metadata") and the group limps until a rejoin.
-        self.consumer.partitions_for_topic(settings.events_topic)
-        self.consumer.subscribe([settings.events_topic], listener=Rebalance(self.flow, metrics))
+        self.consumer.partitions_for_topic(self.settings.events_topic)
+        self.consumer.subscribe(
+            [self.settings.events_topic], listener=Rebalance(self.flow, self.metrics)
+        )
+
+    def _replace_stuck_consumer(self) -> None:
+        """The consumer is stuck outside its group: close it (it leaves) and join afresh."""
+        assert self._factory is not None and self._watchdog is not None
+        log.warning(
+            "no partitions for %.0f s and the group membership is %s: replacing the consumer",
+            self._watchdog.waited_s(),
+            member_state(self.consumer),
+        )
+        self._watchdog.reset()
+        replace_consumer(self.consumer)
+        self.consumer = self.flow.consumer = self.delivery.consumer = self._factory()
+        self._subscribe()
 
     @property
     def stats(self) -> RunStats:
@@ -128,6 +165,8 @@ class Worker:
                 records = [r for recs in batch.values() for r in recs]
                 if records:
                     self._handle(records)
+                elif self._watchdog is not None and self._watchdog.stuck(self.consumer):
+                    self._replace_stuck_consumer()
                 elif drain and self._caught_up():
                     break
                 if max_events is not None and self.stats.consumed >= max_events:

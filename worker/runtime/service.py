@@ -54,13 +54,16 @@ def start_worker(
         check_access(admin, settings)
     finally:
         admin.close()
-    consumer = None
-    if consumer_config:
-        consumer = kafka_clients.consumer(
+
+    def make_consumer() -> Any:
+        return kafka_clients.consumer(
             bootstrap, settings, isolation_level="read_committed", **consumer_config
         )
+
     try:
-        worker = Worker(settings, bootstrap, models, metrics, health, consumer=consumer)
+        worker = Worker(
+            settings, bootstrap, models, metrics, health, consumer_factory=make_consumer
+        )
     except kafka_errors.TransactionalIdAuthorizationFailedError as exc:
         raise BrokerError(
             "this Kafka principal lacks ACLs the worker needs: Write on transactional-id prefix "

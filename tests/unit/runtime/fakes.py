@@ -191,7 +191,7 @@ class FakeConsumer:
         meta = self.committed_offsets.get(tp)
         return None if meta is None else meta.offset
 
-    def close(self) -> None:
+    def close(self, autocommit: bool = True, timeout_ms: int | None = None) -> None:
         self.log.append("consumer close")
 
     def group_metadata(self) -> str:

@@ -1,0 +1,87 @@
+"""The membership watchdog: a consumer without partitions and not stable for too long is
+replaced by a fresh one (which joins afresh); an idle but stable member is left alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.unit.runtime.fakes import FakeConsumer, FakeProducer, Record
+from tests.unit.runtime.test_loop import models, record
+from worker.inference import ModelSet
+from worker.metrics import Health, Metrics
+from worker.phantoms import ct_slice, encode_ct
+from worker.runtime.loop import Worker
+from worker.runtime.membership import MembershipWatchdog, member_state
+from worker.settings import Settings
+
+__all__ = ["models"]
+
+
+class _Coordinator:
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+
+def member(state: str | None, owned: bool = False) -> Any:
+    consumer: Any = FakeConsumer([], [])
+    if state is not None:
+        consumer._coordinator = _Coordinator(state)  # type: ignore[attr-defined]
+    if not owned:
+        consumer.owned = set()
+    return consumer
+
+
+def test_only_a_member_without_partitions_and_not_stable_is_stuck() -> None:
+    now = [0.0]
+    dog = MembershipWatchdog(45.0, clock=lambda: now[0])
+    for consumer in (member("<stable>"), member(None), member("<rebalancing>", owned=True)):
+        assert not dog.stuck(consumer)
+        now[0] += 100.0
+        assert not dog.stuck(consumer), member_state(consumer)
+    stuck = member("<rebalancing>")
+    assert not dog.stuck(stuck)  # the clock starts now
+    now[0] += 44.0
+    assert not dog.stuck(stuck)
+    now[0] += 1.0
+    assert dog.stuck(stuck) and dog.waited_s() == 45.0
+
+
+def test_the_worker_replaces_a_stuck_consumer_and_goes_on(models: ModelSet) -> None:
+    log: list[str] = []
+    good = encode_ct(ct_slice(21, 64))
+    stuck = FakeConsumer(log, [[record(0, good)]])
+    stuck.owned = set()  # joined, never assigned
+    stuck._coordinator = _Coordinator("<rebalancing>")  # type: ignore[attr-defined]
+    fresh = FakeConsumer(log, [[record(0, good)]])
+    made = iter([stuck, fresh])
+    worker = Worker(
+        Settings(),
+        "fake:9092",
+        models,
+        Metrics(),
+        Health(),
+        producer=FakeProducer(log),
+        consumer_factory=lambda: next(made),
+    )
+    assert worker._watchdog is not None
+    worker._watchdog.stuck_after_s = 0.0  # instead of waiting 45 s
+    stats = worker.run(drain=True)
+    assert worker.consumer is fresh and worker.flow.consumer is fresh
+    assert worker.delivery.consumer is fresh
+    assert log.count("subscribe") == 2 and stats.findings == 1
+    assert fresh.committed_offsets[fresh.tp].offset == 1
+
+
+def test_a_consumer_given_by_the_caller_is_never_replaced(models: ModelSet) -> None:
+    consumer: Any = FakeConsumer([], [[Record("scans.events", 0, 0, 0, None, b"x")]])
+    worker = Worker(
+        Settings(),
+        "fake:9092",
+        models,
+        Metrics(),
+        Health(),
+        consumer=consumer,
+        producer=FakeProducer([]),
+        consumer_factory=lambda: FakeConsumer([], []),
+    )
+    assert worker._watchdog is None
