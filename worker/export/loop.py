@@ -104,7 +104,9 @@ class Exporter:
             )
 
         self._factory = None if consumer is not None else make_consumer
-        self._watchdog = None if consumer is not None else MembershipWatchdog(STUCK_AFTER_S)
+        self._watchdog = (
+            None if consumer is not None else MembershipWatchdog(self.topic, STUCK_AFTER_S)
+        )
         self.consumer = consumer or make_consumer()
         self.flow = FlowControl(self.consumer, health, settings.max_poll_interval_ms)
         # The worker's delivery produces the dead letters and commits; its observer's metrics

@@ -112,7 +112,9 @@ class Worker:
         self.flow = FlowControl(self.consumer, health, settings.max_poll_interval_ms)
         self.delivery = Delivery(self.producer, self.consumer, settings, self.flow, self.observer)
         self._factory = consumer_factory
-        self._watchdog = MembershipWatchdog(STUCK_AFTER_S) if consumer_factory else None
+        self._watchdog = (
+            MembershipWatchdog(settings.events_topic, STUCK_AFTER_S) if consumer_factory else None
+        )
         self._subscribe()
 
     def _subscribe(self) -> None:

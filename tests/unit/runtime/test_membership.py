@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from kafka import OffsetAndMetadata
+
 from tests.unit.runtime.fakes import FakeConsumer, FakeProducer, Record
 from tests.unit.runtime.test_loop import models, record
 from worker.inference import ModelSet
 from worker.metrics import Health, Metrics
 from worker.phantoms import ct_slice, encode_ct
 from worker.runtime.loop import Worker
-from worker.runtime.membership import MembershipWatchdog, member_state
+from worker.runtime.membership import MembershipWatchdog
 from worker.settings import Settings
 
 __all__ = ["models"]
@@ -31,19 +33,37 @@ def member(state: str | None, owned: bool = False) -> Any:
     return consumer
 
 
-def test_only_a_member_without_partitions_and_not_stable_is_stuck() -> None:
+def test_a_join_that_never_ends_is_stuck_after_the_wait() -> None:
     now = [0.0]
-    dog = MembershipWatchdog(45.0, clock=lambda: now[0])
-    for consumer in (member("<stable>"), member(None), member("<rebalancing>", owned=True)):
-        assert not dog.stuck(consumer)
-        now[0] += 100.0
-        assert not dog.stuck(consumer), member_state(consumer)
+    dog = MembershipWatchdog("scans.events", 45.0, clock=lambda: now[0])
+    assigned = member("<rebalancing>", owned=True)
+    assert not dog.stuck(assigned)
+    now[0] += 100.0
+    assert not dog.stuck(assigned)  # it has partitions: nothing to fix
     stuck = member("<rebalancing>")
     assert not dog.stuck(stuck)  # the clock starts now
     now[0] += 44.0
     assert not dog.stuck(stuck)
     now[0] += 1.0
     assert dog.stuck(stuck) and dog.waited_s() == 45.0
+
+
+def test_a_stable_member_without_partitions_is_stuck_only_if_records_wait_unworked() -> None:
+    now = [0.0]
+    dog = MembershipWatchdog("scans.events", 45.0, clock=lambda: now[0])
+    idle: Any = FakeConsumer([], [[Record("scans.events", 0, 0, 0, None, b"x")]])
+    idle.owned = set()
+    idle._coordinator = _Coordinator("<stable>")
+    assert not dog.stuck(idle)
+    now[0] += 46.0
+    assert dog.stuck(idle)  # one record waits, nobody committed it in 46 s
+    dog.reset()
+    assert not dog.stuck(idle)
+    idle.committed_offsets[idle.tp] = OffsetAndMetadata(1, "", -1)  # another member works
+    now[0] += 46.0
+    assert not dog.stuck(idle)
+    now[0] += 46.0
+    assert not dog.stuck(idle)  # and now nothing waits at all: idle, not stuck
 
 
 def test_the_worker_replaces_a_stuck_consumer_and_goes_on(models: ModelSet) -> None:
