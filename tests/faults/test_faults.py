@@ -266,32 +266,51 @@ def test_sigterm_under_load_drains_in_grace_and_commits(
 def test_two_processes_share_the_group_and_keep_per_study_order(
     isolated_settings: Settings, logs: Path
 ) -> None:
-    # Larger slices: enough work that the second process has joined long before the end.
-    sent = publish(isolated_settings, size=384)
-    proc = spawn(isolated_settings, logs / "pool.log", "--processes", "2", "--drain")
-    assert proc.wait(timeout=240) == 0
-    counts = tally(isolated_settings, sent)
-    assert counts["missing"] == 0 and counts["dead_letters"] == 0
-    consumer = KafkaConsumer(
-        bootstrap_servers=isolated_settings.bootstrap_servers, enable_auto_commit=False
-    )
-    topic = isolated_settings.findings_topic
-    tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or {0}]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
+    """``run --processes 2``: both processes take partitions, and each study's findings keep
+    their publish order. Events keep coming until findings of both processes appear (however
+    fast one process alone would have drained a fixed batch before the other joined)."""
+    settings = isolated_settings
+    assert settings.bootstrap_servers
+    proc = spawn(settings, logs / "pool.log", "--processes", "2")
+    reader = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    topic = settings.findings_topic
+    tps = [TopicPartition(topic, p) for p in reader.partitions_for_topic(topic) or {0}]
+    reader.assign(tps)
+    reader.seek_to_beginning(*tps)
+    producer = kafka_clients.producer(settings.bootstrap_servers, settings)
+    sent: list[str] = []
     workers: set[str] = set()
     offsets_by_study: dict[bytes, list[int]] = {}
     seen: set[str] = set()
-    for _ in range(50):
-        for records in consumer.poll(timeout_ms=300).values():
+
+    def read(timeout_ms: int) -> None:
+        for records in reader.poll(timeout_ms=timeout_ms).values():
             for r in records:
                 finding = json.loads(r.value)
                 workers.add(finding["worker_id"])
                 if finding["event_id"] not in seen:  # first delivery of each event
                     seen.add(finding["event_id"])
                     offsets_by_study.setdefault(r.key, []).append(finding["source"]["offset"])
-    consumer.close()
-    print(f"workers={sorted(workers)} studies={len(offsets_by_study)}")
+
+    try:
+        deadline = time.monotonic() + 150
+        while len(workers) < 2:
+            assert time.monotonic() < deadline, f"only {sorted(workers)} produced findings"
+            for i in range(len(sent), len(sent) + 24):
+                data = encode_ct(ct_slice(i, 128), study=f"study-{i % 12}", instance=i)
+                sent.append(publish_bytes(producer, settings, data, event_id=f"ev-{i}").event_id)
+            producer.flush()
+            read(1000)
+        while set(sent) - seen and time.monotonic() < deadline:
+            read(300)
+    finally:
+        producer.close()
+        reader.close()
+        code = stop(proc)
+    assert code == 0
+    counts = tally(settings, sent)
+    assert counts["missing"] == 0 and counts["dead_letters"] == 0
+    print(f"workers={sorted(workers)} studies={len(offsets_by_study)} events={len(sent)}")
     assert len(workers) == 2  # both processes took part
     for key, offsets in offsets_by_study.items():
         assert offsets == sorted(offsets), key  # one study's events in publish order
