@@ -4,6 +4,13 @@ A model lives in its own directory, ``<models_dir>/<name>/``, as ``model.onnx`` 
 ``card.json``. The card's ``sha256`` pins the exact bytes of ``model.onnx``: :func:`verify_models`
 recomputes it, and :class:`~worker.inference.models.ModelSet` refuses to start on a mismatch.
 
+Two parts of a card are optional, so that a bring-your-own model's card needs neither:
+``input_domain`` (what the model was trained on, in the format of
+:mod:`worker.inference.domain`; parsed when the card loads, so a malformed one fails there) and
+``calibration`` (how the ``probability`` output was calibrated, and its calibration error before
+and after). ``scanstream train`` writes both for the shipped models, with a reliability diagram
+(``reliability.png``) next to each card.
+
 >>> cards = list_models()
 >>> sorted(c.name for c in cards)
 ['lesion-cnn', 'lesion-svm']
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from worker.errors import ModelError
+from worker.inference.domain import InputDomain
 
 CARD_FILE: Final = "card.json"
 MODEL_FILE: Final = "model.onnx"
@@ -65,12 +73,16 @@ class ModelCard:
     evaluation: dict[str, Any]
     feature_names: tuple[str, ...] | None = None
     intended_use: str = DEMO_NOTICE
+    #: What the model was trained on (:mod:`worker.inference.domain`); None: undeclared.
+    input_domain: dict[str, Any] | None = None
+    #: How ``probability`` was calibrated and how well (ECE before/after); None: not stated.
+    calibration: dict[str, Any] | None = None
     schema_version: int = CARD_SCHEMA_VERSION
     path: Path = field(default=Path(MODEL_FILE), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``path`` left out: a card describes the file next to it)."""
-        return {
+        out: dict[str, Any] = {
             "schema_version": self.schema_version,
             "name": self.name,
             "version": self.version,
@@ -89,6 +101,13 @@ class ModelCard:
             "training": self.training,
             "evaluation": self.evaluation,
         }
+        # Optional parts are written only when present, so that a card without them (a
+        # bring-your-own model) round-trips unchanged.
+        if self.calibration is not None:
+            out["calibration"] = self.calibration
+        if self.input_domain is not None:
+            out["input_domain"] = self.input_domain
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, path: Path) -> ModelCard:
@@ -135,6 +154,8 @@ class ModelCard:
                 if data.get("feature_names") is None
                 else tuple(str(n) for n in data["feature_names"]),
                 intended_use=str(data.get("intended_use", DEMO_NOTICE)),
+                input_domain=_optional_object(data, "input_domain", where),
+                calibration=_optional_object(data, "calibration", where),
                 schema_version=int(data.get("schema_version", CARD_SCHEMA_VERSION)),
                 path=path,
             )
@@ -143,6 +164,13 @@ class ModelCard:
         problems = card._problems()
         if problems:
             raise ModelError(f"{where}: {'; '.join(problems)}")
+        if card.input_domain is not None:
+            try:  # the runtime parses it for every frame: a malformed one fails here, at load
+                InputDomain.from_card(card.input_domain)
+            except ModelError as exc:
+                raise ModelError(f"{where}: {exc}") from exc
+            except (AttributeError, TypeError, ValueError, KeyError) as exc:
+                raise ModelError(f"{where}: input_domain is malformed: {exc!r}") from exc
         return card
 
     def _problems(self) -> list[str]:
@@ -162,6 +190,15 @@ class ModelCard:
         if self.input_kind == "features" and not self.feature_names:
             out.append("a 'features' model must list its feature_names")
         return out
+
+
+def _optional_object(data: dict[str, Any], key: str, where: Path) -> dict[str, Any] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ModelError(f"{where}: {key} must be a JSON object")
+    return value
 
 
 def card_for_dir(model_dir: Path) -> ModelCard:

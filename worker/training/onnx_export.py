@@ -43,11 +43,16 @@ def _finish(graph: onnx.GraphProto, doc: str) -> onnx.ModelProto:
     return model
 
 
-def cnn_to_onnx(params: Params) -> onnx.ModelProto:
+def cnn_to_onnx(params: Params, temperature: float = 1.0) -> onnx.ModelProto:
     """The CNN of :mod:`worker.training.cnn` as an NCHW ONNX graph.
 
-    Input ``image`` (N, 1, 64, 64) float32; outputs ``probability`` and ``logit`` (N,).
+    Input ``image`` (N, 1, 64, 64) float32; outputs ``probability`` and ``logit`` (N,). The
+    ``logit`` is the network's raw output; ``probability`` is the temperature-scaled
+    ``sigmoid(logit / temperature)`` (:func:`worker.training.calibration.fit_temperature`), so a
+    runtime that reads ``probability`` gets calibrated figures with no change of its own.
     """
+    if not (temperature > 0 and np.isfinite(temperature)):
+        raise ValueError(f"temperature must be a positive number, not {temperature}")
     nodes, inits = [], []
     h = "image"
     for i in range(1, len(CHANNELS) + 1):
@@ -63,13 +68,15 @@ def cnn_to_onnx(params: Params) -> onnx.ModelProto:
         _const("fc.w", params["fc.w"].astype(np.float32)),
         _const("fc.b", params["fc.b"].astype(np.float32)),
         _const("axis1", np.array([1], np.int64)),
+        _const("temperature", np.array([temperature], np.float32)),
     ]
     nodes += [
         helper.make_node("GlobalMaxPool", [h], ["gmax"]),
         helper.make_node("Flatten", ["gmax"], ["flat"], axis=1),
         helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logit2d"], transB=1),
         helper.make_node("Squeeze", ["logit2d", "axis1"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["probability"]),
+        helper.make_node("Div", ["logit", "temperature"], ["scaled_logit"]),
+        helper.make_node("Sigmoid", ["scaled_logit"], ["probability"]),
     ]
     graph = helper.make_graph(
         nodes,
