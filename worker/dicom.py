@@ -91,6 +91,8 @@ class InstanceMeta:
     bits_stored: int
     units: str
     patient_id: str | None = field(default=None, repr=False)
+    # PixelSpacing (row, column) in mm, or None when absent or not two positive numbers.
+    pixel_spacing_mm: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -303,8 +305,23 @@ def _pixels(ds: Dataset, limits: Limits) -> tuple[InstanceMeta, np.ndarray]:
         bits_stored=_int(ds, "BitsStored", bits_alloc),
         units="HU" if modality == "CT" and "RescaleIntercept" in ds else "modality",
         patient_id=str(ds.get("PatientID", "")) or None,
+        pixel_spacing_mm=_spacing(ds),
     )
     return meta, arr
+
+
+def _spacing(ds: Any) -> tuple[float, float] | None:
+    """PixelSpacing as two positive finite floats, else None (absent or malformed)."""
+    try:
+        raw = ds.get("PixelSpacing")
+        if raw is None or len(raw) != 2:
+            return None
+        row, col = float(raw[0]), float(raw[1])
+    except Exception:  # noqa: BLE001 - a malformed DS in hostile input: no spacing, not a crash
+        return None
+    if not (0 < row < 1e4 and 0 < col < 1e4):  # also refuses NaN
+        return None
+    return row, col
 
 
 def _is_decoder_failure(exc: BaseException) -> bool:

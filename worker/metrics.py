@@ -35,6 +35,7 @@ from prometheus_client import (
 
 import worker
 from worker.errors import REASONS
+from worker.inference.domain import REASONS as DOMAIN_PARTS
 
 STAGES: Final[tuple[str, ...]] = (
     "fetch",
@@ -44,6 +45,7 @@ STAGES: Final[tuple[str, ...]] = (
     "features",
     "svm",
     "cnn",
+    "saliency",
     "sr",
     "produce",
     "commit",
@@ -55,6 +57,7 @@ OUTCOMES: Final[tuple[str, ...]] = ("finding", "dead_letter")
 REPLAY_CAUSES: Final[tuple[str, ...]] = ("produce", "refused", "transaction", "commit")
 SEVERITIES: Final[tuple[str, ...]] = ("low", "medium", "high", "critical")
 SR_OUTCOMES: Final[tuple[str, ...]] = ("produced", "not_built")
+DOMAIN_REASONS: Final[tuple[str, ...]] = DOMAIN_PARTS  # worker.inference.domain.REASONS
 
 # The end-to-end target is 50 ms: buckets are dense around it so p99 is read off well.
 E2E_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -121,6 +124,13 @@ class Metrics:
         self._alerts = Counter(
             "scanstream_alerts_total", "Alerts raised, by severity.", ["severity"], registry=r
         )
+        self._out_of_domain = Counter(
+            "scanstream_out_of_domain",
+            "Classifications whose deciding frame lay outside the model's declared input "
+            "domain, by model and reason (modality, size, spacing, values, features).",
+            ["model", "reason"],
+            registry=r,
+        )
         self._srs = Counter(
             "scanstream_sr_total",
             "DICOM SRs asked for (SCANSTREAM_SR_TOPIC), by outcome: produced, or not_built.",
@@ -179,6 +189,12 @@ class Metrics:
             self._alerts.labels(severity)
         for outcome in SR_OUTCOMES:
             self._srs.labels(outcome)
+
+    def declare_models(self, names: list[str]) -> None:
+        """Create the per-model series at zero, so ``rate()`` sees the first increase."""
+        for name in names:
+            for reason in DOMAIN_REASONS:
+                self._out_of_domain.labels(name, reason)
         for cause in REPLAY_CAUSES:
             self._replays.labels(cause)
 
@@ -193,6 +209,12 @@ class Metrics:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
         self._stage.labels(stage).observe(seconds)
+
+    def count_out_of_domain(self, model: str, reason: str) -> None:
+        """One out-of-domain classification of ``model`` for ``reason`` (a domain part)."""
+        if reason not in DOMAIN_REASONS:
+            raise ValueError(f"unknown domain reason {reason!r}; expected one of {DOMAIN_REASONS}")
+        self._out_of_domain.labels(model, reason).inc()
 
     def count_sr(self, outcome: str) -> None:
         """Count one SR: ``produced`` with its finding, or ``not_built`` (the finding alone)."""

@@ -35,6 +35,7 @@ size limits (``max_pixels``, ``max_frames``, ``max_message_bytes``) bound that o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import random
@@ -49,6 +50,7 @@ import numpy.typing as npt
 from worker.contract import ScanEvent, validation_errors
 from worker.dicom import InstanceMeta, Limits, decode
 from worker.errors import Rejection, TransientError
+from worker.evidence import Evidence, gather
 from worker.fetch import fetch
 from worker.findings import build_alerts, build_finding
 from worker.imaging import (
@@ -60,6 +62,7 @@ from worker.imaging import (
     write_thumbnail,
 )
 from worker.inference import ModelSet, Prediction, cnn_input
+from worker.inference.domain import domains_of
 from worker.references import ReferencePolicy
 from worker.settings import Settings
 from worker.sr import report_of
@@ -155,12 +158,6 @@ def prepare(
         "mean": float(frames.mean(dtype=np.float64)),
         "std": float(frames.std(dtype=np.float64)),
     }
-    thumbnail = None
-    if settings.thumbnail_dir:
-        best = _strongest_frame(analyses)
-        path = thumbnail_path(settings.thumbnail_dir, event.event_id, instance.meta.sop_uid)
-        write_thumbnail(analyses[best].edge_map, path)
-        thumbnail = str(path)
     return Prepared(
         event=event,
         meta=instance.meta,
@@ -169,7 +166,7 @@ def prepare(
         features=np.stack([a.features for a in analyses]).astype(np.float32),
         image=image,
         timings_ms=timings,
-        thumbnail=thumbnail,
+        thumbnail=None,  # written with the finding, once the saliency box is known
         data=data,
     )
 
@@ -207,6 +204,7 @@ class Pipeline:
         reader = reader or functools.partial(fetch, policy=self.policy)
         self._reader, self._clock, self._sleep = reader, clock, sleep
         self._card_notes = tuple(card.intended_use for card in models.cards)
+        self.domains = domains_of(models)
 
     def process(
         self, events: Sequence[ScanEvent], sources: Sequence[dict[str, Any] | None] | None = None
@@ -214,8 +212,14 @@ class Pipeline:
         """One outcome per event, in order. ``sources`` (topic, partition, offset) go into the
         findings. Never raises for an event's sake."""
         staged: list[Prepared | Rejection] = [self._prepare(event) for event in events]
-        inferred = self._infer([p for p in staged if isinstance(p, Prepared)])
-        each = iter(inferred) if isinstance(inferred, list) else None
+        ready = [p for p in staged if isinstance(p, Prepared)]
+        inferred = self._infer(ready)
+        each = None
+        if isinstance(inferred, list):
+            found = gather(
+                ready, [i.predictions for i in inferred], self.domains, self.models.run_cnn
+            )
+            each = iter(zip(inferred, found, strict=True))
         outcomes = []
         for i, item in enumerate(staged):
             if isinstance(item, Rejection):
@@ -225,7 +229,8 @@ class Pipeline:
                 outcomes.append(Outcome(events[i], rejection=inferred))
             else:
                 source = sources[i] if sources is not None else None
-                outcomes.append(self._document(item, next(each), source))
+                inference, evidence = next(each)
+                outcomes.append(self._document(item, inference, evidence, source))
         return outcomes
 
     def _prepare(self, event: ScanEvent) -> Prepared | Rejection:
@@ -280,17 +285,25 @@ class Pipeline:
         self,
         prepared: Prepared,
         inferred: _Inference,
+        evidence: Evidence,
         source: dict[str, Any] | None,
     ) -> Outcome:
         event = prepared.event
+        timings = dict(inferred.timings_ms)
+        if evidence.saliency:
+            timings["saliency"] = evidence.saliency_ms
         try:
+            if self.settings.thumbnail_dir:
+                prepared = self._thumbnail(prepared, evidence)
             finding = build_finding(
                 prepared,
                 inferred.predictions,
-                inferred.timings_ms,
+                timings,
                 self.models,
                 self.settings,
                 source,
+                checks=evidence.checks,
+                saliency=evidence.saliency,
             )
             alerts = build_alerts(finding, self.settings)
         except Exception as exc:
@@ -305,6 +318,22 @@ class Pipeline:
             return Outcome(event, finding=finding, alerts=tuple(alerts))
         sr, sr_error, sr_ms = report_of(prepared.data, finding, self._card_notes)
         return Outcome(event, finding, tuple(alerts), sr=sr, sr_error=sr_error, sr_ms=sr_ms)
+
+    def _thumbnail(self, prepared: Prepared, evidence: Evidence) -> Prepared:
+        """The edge map of the frame with the most edges, with the strongest-edge and the
+        saliency boxes drawn where they lie on that frame; named by a hash, never by DICOM."""
+        assert self.settings.thumbnail_dir
+        best = _strongest_frame(prepared.analyses)
+        analysis = prepared.analyses[best]
+        box = analysis.edge_bbox
+        saliency = next(
+            (doc["bbox"] for (frame, _), doc in evidence.saliency.items() if frame == best), None
+        )
+        path = thumbnail_path(
+            self.settings.thumbnail_dir, prepared.event.event_id, prepared.meta.sop_uid
+        )
+        write_thumbnail(analysis.edge_map, path, edge_bbox=box, saliency_bbox=saliency, frame=None)
+        return dataclasses.replace(prepared, thumbnail=str(path))
 
 
 def analyze(

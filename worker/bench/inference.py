@@ -6,6 +6,11 @@ vectors. Each case runs once to warm up (onnxruntime allocates lazily), then rep
 least ``min_seconds``; the rate is frames / elapsed wall time of the model call alone. The
 provider reported is the one the sessions really use (``ModelSet.provider``).
 
+``domain_check_us_per_frame`` is the cost of checking one frame against every model's declared
+input domain (:mod:`worker.inference.domain`), ``saliency_ms_per_frame`` that of the CNN's
+occlusion saliency per positive frame, 8 frames explained together
+(:mod:`worker.inference.saliency`).
+
 ``batched_*`` runs both models over ``4 * max_batch`` frames in chunks of ``max_batch`` (the
 worker's default, 16), as :class:`worker.pipeline.Pipeline` does for a poll: the rate a busy
 worker gets.
@@ -21,12 +26,15 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from worker.imaging import analyze_frame
 from worker.inference import ModelSet, cnn_input
+from worker.inference.domain import domains_of, frame_checks
+from worker.inference.saliency import explain_frames
 from worker.phantoms import ct_slice, random_lesion
 
 
@@ -50,6 +58,25 @@ def _rate(run: Callable[[], object], frames: int, min_seconds: float) -> float:
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds and calls >= 3:
             return calls * frames / elapsed
+
+
+def _evidence_costs(
+    models: ModelSet, images: np.ndarray, features: np.ndarray, min_seconds: float
+) -> dict[str, float]:
+    """Microseconds per frame of the input-domain check (every model's, as the pipeline does)
+    and milliseconds per frame of the CNN's occlusion saliency (8 frames explained together)."""
+    meta = SimpleNamespace(modality="CT", rows=256, columns=256, pixel_spacing_mm=(0.7, 0.7))
+    domains = domains_of(models)
+    vectors = list(features)
+    check = partial(frame_checks, meta, vectors, domains)
+    frames = images[:8]
+    _, logits = models.run_cnn(frames)
+    explain = partial(explain_frames, frames, models.run_cnn, baseline=logits)
+    return {
+        "domain_check_us_per_frame": round(1e6 / _rate(check, len(vectors), min_seconds), 2),
+        "domain_models": len(domains),
+        "saliency_ms_per_frame": round(1e3 / _rate(explain, len(frames), min_seconds), 2),
+    }
 
 
 def bench_inference(
@@ -79,5 +106,6 @@ def bench_inference(
 
     out["batched_img_s"] = round(_rate(batched, n, min_seconds), 1)
     out["batched_max_batch"] = max_batch
+    out.update(_evidence_costs(models, images, features, min_seconds))
     out["models"] = ", ".join(f"{i['name']} {i['version']}" for i in models.model_infos())
     return out

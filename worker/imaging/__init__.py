@@ -51,7 +51,14 @@ from worker.imaging.pipeline import (
     analyze_frame_stages,
     denoise,
 )
-from worker.imaging.thumbnail import edge_thumbnail, thumbnail_path, write_thumbnail
+from worker.imaging.thumbnail import (
+    EDGE_BOX_BGR,
+    SALIENCY_BOX_BGR,
+    edge_thumbnail,
+    overlay_thumbnail,
+    thumbnail_path,
+    write_thumbnail,
+)
 from worker.imaging.window import (
     CT_WINDOWS,
     DEFAULT_PERCENTILES,
@@ -66,8 +73,10 @@ __all__ = [
     "CT_WINDOWS",
     "DEFAULT_PERCENTILES",
     "DENOISERS",
+    "EDGE_BOX_BGR",
     "FEATURE_NAMES",
     "MODALITY_PERCENTILES",
+    "SALIENCY_BOX_BGR",
     "STAGES",
     "CannyMethod",
     "Denoise",
@@ -97,6 +106,7 @@ __all__ = [
     "mean_std",
     "median_filter",
     "orientation",
+    "overlay_thumbnail",
     "percentile_window",
     "quantise",
     "sobel",

@@ -1,22 +1,41 @@
-"""A small PNG of an edge map, written as evidence next to a finding.
+"""A small PNG of an edge map, written as evidence next to a finding, optionally with two boxes
+drawn on it: the strongest edge region (:data:`EDGE_BOX_BGR`, cyan) and where the CNN looked
+(:data:`SALIENCY_BOX_BGR`, red; :mod:`worker.inference.saliency`). The edges stay white, and
+the two colours differ in hue and brightness, so they read apart in greyscale too.
 
 >>> import numpy as np
 >>> e = np.zeros((512, 256), np.uint8); e[100, :] = 255
 >>> t = edge_thumbnail(e, 128)
 >>> t.shape, int(t.max()), int((t > 0).sum())
 ((128, 64), 255, 64)
+>>> o = overlay_thumbnail(e, 128, edge_bbox=(0, 96, 256, 8), saliency_bbox={"x": 64, "y": 256,
+...                       "width": 128, "height": 128, "frame": 0})
+>>> o.shape, o[24, 0].tolist(), o[64, 16].tolist()
+((128, 64, 3), [255, 255, 0], [0, 0, 255])
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Final, TypeAlias
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+
+#: BGR colour of the strongest-edge box (cyan; luma 179).
+EDGE_BOX_BGR: Final = (255, 255, 0)
+#: BGR colour of the saliency box, where the CNN looked (red; luma 76). Drawn over the edge box.
+SALIENCY_BOX_BGR: Final = (0, 0, 255)
+
+#: A box in pixels of the full frame: ``{"x", "y", "width", "height"[, "frame"]}`` as in a
+#: finding, or ``(x, y, width, height)`` as in :attr:`~worker.imaging.FrameAnalysis.edge_bbox`.
+Box: TypeAlias = Mapping[str, int] | tuple[int, int, int, int]
 
 
 def edge_thumbnail(edge_map: npt.NDArray[np.uint8], size: int = 128) -> npt.NDArray[np.uint8]:
@@ -32,6 +51,61 @@ def edge_thumbnail(edge_map: npt.NDArray[np.uint8], size: int = 128) -> npt.NDAr
     out_w, out_h = max(1, round(w * scale)), max(1, round(h * scale))
     small = cv2.resize(edge_map, (out_w, out_h), interpolation=cv2.INTER_AREA)
     return np.where(small > 0, 255, 0).astype(np.uint8)
+
+
+def _box_corners(
+    box: Box, scale: tuple[float, float], shape: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The box's inclusive corners ((x0, y0), (x1, y1)) on a thumbnail of ``shape`` (h, w), the
+    frame scaled by ``scale`` (x, y); at least one thumbnail pixel, clipped to the image."""
+    if isinstance(box, Mapping):
+        x, y, w, h = (int(box[k]) for k in ("x", "y", "width", "height"))
+    else:
+        x, y, w, h = (int(v) for v in box)
+    sx, sy = scale
+    rows, cols = shape
+    x0 = min(cols - 1, max(0, math.floor(x * sx)))
+    y0 = min(rows - 1, max(0, math.floor(y * sy)))
+    x1 = min(cols - 1, max(x0, math.ceil((x + max(1, w)) * sx) - 1))
+    y1 = min(rows - 1, max(y0, math.ceil((y + max(1, h)) * sy) - 1))
+    return (x0, y0), (x1, y1)
+
+
+def overlay_thumbnail(
+    edge_map: npt.NDArray[np.uint8],
+    size: int = 128,
+    edge_bbox: Box | None = None,
+    saliency_bbox: Box | None = None,
+    frame: int | None = None,
+) -> npt.NDArray[np.uint8]:
+    """:func:`edge_thumbnail` as a BGR image (h, w, 3) with the boxes outlined (one pixel wide).
+
+    Boxes are in pixels of the full frame (that of ``edge_map``) and are scaled to the
+    thumbnail, widened to whole thumbnail pixels so that a small box never vanishes. With
+    ``frame`` set, a box whose ``"frame"`` is another frame is not drawn (a finding's boxes may
+    lie in other frames than the thumbnail's). The saliency box is drawn last, over the other.
+
+    >>> e = np.zeros((200, 100), np.uint8)
+    >>> o = overlay_thumbnail(e, 50, saliency_bbox={"x": 10, "y": 10, "width": 20, "height": 20,
+    ...                                             "frame": 3}, frame=3)
+    >>> o.shape, o[2, 2].tolist(), o[7, 5].tolist(), o[4, 4].tolist(), o[8, 8].tolist()
+    ((50, 25, 3), [0, 0, 255], [0, 0, 255], [0, 0, 0], [0, 0, 0])
+    >>> int(overlay_thumbnail(e, 50, edge_bbox={"x": 0, "y": 0, "width": 5, "height": 5,
+    ...                                         "frame": 1}, frame=0).max())
+    0
+    """
+    small = edge_thumbnail(edge_map, size)
+    out = np.ascontiguousarray(np.repeat(small[:, :, None], 3, axis=2), dtype=np.uint8)
+    h, w = edge_map.shape
+    scale = (small.shape[1] / w, small.shape[0] / h)
+    for box, colour in ((edge_bbox, EDGE_BOX_BGR), (saliency_bbox, SALIENCY_BOX_BGR)):
+        if box is None:
+            continue
+        if frame is not None and isinstance(box, Mapping) and box.get("frame", frame) != frame:
+            continue
+        top_left, bottom_right = _box_corners(box, scale, small.shape)
+        cv2.rectangle(out, top_left, bottom_right, colour, thickness=1)
+    return out
 
 
 def thumbnail_path(folder: str | os.PathLike[str], event_id: str, sop_uid: str | None) -> Path:
@@ -51,9 +125,18 @@ def thumbnail_path(folder: str | os.PathLike[str], event_id: str, sop_uid: str |
 
 
 def write_thumbnail(
-    edge_map: npt.NDArray[np.uint8], path: str | os.PathLike[str], size: int = 128
+    edge_map: npt.NDArray[np.uint8],
+    path: str | os.PathLike[str],
+    size: int = 128,
+    *,
+    edge_bbox: Box | None = None,
+    saliency_bbox: Box | None = None,
+    frame: int | None = None,
 ) -> None:
-    """Write :func:`edge_thumbnail` as a PNG at ``path`` (parents created, replaced atomically).
+    """Write the thumbnail as a PNG at ``path`` (parents created, replaced atomically).
+
+    Without boxes it is :func:`edge_thumbnail` (greyscale); with either box it is
+    :func:`overlay_thumbnail` (colour), the boxes and ``frame`` as there.
 
     >>> import tempfile, pathlib
     >>> with tempfile.TemporaryDirectory() as d:
@@ -62,7 +145,11 @@ def write_thumbnail(
     ...     p.read_bytes()[:4]
     b'\\x89PNG'
     """
-    ok, buf = cv2.imencode(".png", edge_thumbnail(edge_map, size))
+    if edge_bbox is None and saliency_bbox is None:
+        image = edge_thumbnail(edge_map, size)
+    else:
+        image = overlay_thumbnail(edge_map, size, edge_bbox, saliency_bbox, frame)
+    ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"could not encode a PNG thumbnail for {path}")
     target = Path(path)

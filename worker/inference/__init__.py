@@ -47,6 +47,13 @@ decision_threshold  probability at or above which the frame is called positive
 sha256              hex SHA-256 of ``model.onnx``: ``sha256sum model.onnx``
 training            free JSON object: data, method, seed, hyper-parameters
 evaluation          free JSON object: held-out figures (AUC, sensitivity, specificity ...)
+input_domain        optional: what the model learnt from (modalities, rows/columns, pixel
+                    spacing, values, a Gaussian of the feature vectors with its threshold; the
+                    format is in :mod:`worker.inference.domain`). Without it the model's
+                    classifications say ``in_domain: null`` and never raise an alert
+calibration         optional, free JSON object: how its probability was calibrated and the
+                    expected calibration error before and after (the shipped cards also name
+                    the reliability diagram written next to the card)
 ==================  ===========================================================================
 
 Copy the shipped directory, replace one model's files, and point the worker at the copy with

@@ -86,6 +86,10 @@ class Observer:
                     result.finding["finding_id"],
                     result.sr_error,
                 )
+        for classification in result.finding["classifications"]:
+            if classification.get("in_domain") is False:
+                for reason in classification.get("domain_reasons", []):
+                    self.metrics.count_out_of_domain(classification["model"], reason)
         for severity in result.raised_alerts():
             self.metrics.count_alert(severity)
             self.stats.alerts += 1

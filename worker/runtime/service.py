@@ -49,6 +49,7 @@ def start_worker(
     metrics.set_gpu_required(settings.require_gpu)
     for info in models.model_infos():
         metrics.set_model_info(info["name"], info["version"], info["execution_provider"])
+    metrics.declare_models([info["name"] for info in models.model_infos()])
     admin = kafka_clients.admin_client(bootstrap, settings)
     try:
         check_access(admin, settings)
