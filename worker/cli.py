@@ -85,6 +85,7 @@ def cmd_acls(args: argparse.Namespace) -> int:
         "gateway": acls.gateway_grants,
         "reader": acls.reader_grants,
         "export": acls.export_grants,
+        "summarize": acls.summarize_grants,
     }
     for grant in roles[args.role](settings):
         line = grant.line(args.principal)
@@ -168,6 +169,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return run_export(settings, drain=args.drain)
 
 
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from worker.series.service import run_summarize
+
+    settings = _settings(args)
+    if args.quiet is not None:
+        settings = settings.replace(series_quiet_s=args.quiet)
+    return run_summarize(settings)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from worker.inference import list_models, verify_models
 
@@ -245,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain", action="store_true", help="exit once every SR was sent")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("summarize", help="one series-summary record per series of the findings")
+    kafka_flags(p)
+    p.add_argument(
+        "--quiet", type=float, help="seconds without a finding that end a series (default 30)"
+    )
+    p.set_defaults(func=cmd_summarize)
+
     p = sub.add_parser("demo", help="local broker + worker + pydicom samples, end to end")
     kafka_flags(p)
     p.add_argument("--timeout", type=float, default=150.0)
@@ -260,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("acls", help="print the Kafka ACLs a role needs with these settings")
-    p.add_argument("role", choices=["worker", "gateway", "publisher", "reader", "export"])
+    p.add_argument(
+        "role", choices=["worker", "gateway", "publisher", "reader", "export", "summarize"]
+    )
     p.add_argument("--principal", default="User:scanstream")
     p.set_defaults(func=cmd_acls)
 

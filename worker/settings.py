@@ -198,6 +198,10 @@ class Settings:
     # Sends of one record the destination answered with a temporary failure; then dead letter.
     export_max_attempts: int = 5
     export_backoff_max_s: float = 30.0
+    # `scanstream summarize`: one series-summary record per series, when the gateway announces
+    # its study complete or, without one, after this long without a new finding of the series.
+    series_topic: str = "scans.series"
+    series_quiet_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -226,6 +230,7 @@ class Settings:
             "study_quiet_s",
             "export_timeout_s",
             "export_backoff_max_s",
+            "series_quiet_s",
         ):
             if not getattr(self, name) > 0:  # also refuses NaN
                 raise ConfigError(f"SCANSTREAM_{name.upper()} must be a number of seconds > 0")
@@ -244,11 +249,13 @@ class Settings:
             self.alerts_topic,
             self.dlq_topic,
             self.studies_topic,
+            self.series_topic,
             *([self.sr_topic] if self.sr_topic else []),
         ]
         if len(set(topics)) != len(topics):
             raise ConfigError(
-                "the events, findings, alerts, dead-letter, studies and SR topics must differ"
+                "the events, findings, alerts, dead-letter, studies, series and SR topics must "
+                "differ"
             )
         if not 1 <= len(self.export_calling_ae_title) <= 16:
             raise ConfigError("SCANSTREAM_EXPORT_CALLING_AE_TITLE must be 1 to 16 characters")
@@ -320,6 +327,7 @@ class Settings:
             dlq_topic=f"{prefix}.dlq",
             studies_topic=f"{prefix}.studies",
             sr_topic=f"{prefix}.sr" if self.sr_topic else None,
+            series_topic=f"{prefix}.series",
             group_id=prefix,
         )
 

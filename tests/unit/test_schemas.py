@@ -21,7 +21,14 @@ from worker.errors import REASONS
 SCHEMAS = Path(worker.__file__).parent / "schemas"
 EXAMPLES = SCHEMAS / "examples"
 INVALID = EXAMPLES / "invalid"
-SCHEMA_NAMES = ("scan-event.v1", "finding.v1", "alert.v1", "dead-letter.v1", "study-complete.v1")
+SCHEMA_NAMES = (
+    "scan-event.v1",
+    "finding.v1",
+    "alert.v1",
+    "dead-letter.v1",
+    "study-complete.v1",
+    "series-summary.v1",
+)
 
 # counter-example file -> (failing keyword, JSON path of the failing instance)
 EXPECTED_FAILURES: dict[str, tuple[str, str]] = {
@@ -42,6 +49,7 @@ EXPECTED_FAILURES: dict[str, tuple[str, str]] = {
     "dead-letter.v1.negative_partition.json": ("pattern", "$['scanstream.error.partition']"),
     "dead-letter.v1.missing_at.json": ("required", "$"),
     "study-complete.v1.revision_zero.json": ("minimum", "$.revision"),
+    "series-summary.v1.unknown_trigger.json": ("enum", "$.trigger"),
 }
 
 

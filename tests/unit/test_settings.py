@@ -57,7 +57,7 @@ def test_secret_never_printed() -> None:
 
 
 def test_the_sr_topic_must_differ_from_the_others() -> None:
-    with pytest.raises(ConfigError, match="SR topics must differ"):
+    with pytest.raises(ConfigError, match="series and SR topics must differ"):
         Settings(sr_topic="scans.events")
     assert Settings(sr_topic="scans.sr").namespaced("t1").sr_topic == "t1.sr"
     assert Settings().namespaced("t1").sr_topic is None  # off stays off

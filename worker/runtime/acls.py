@@ -112,6 +112,22 @@ def export_grants(settings: Settings) -> list[Grant]:
     return grants
 
 
+def summarize_grants(settings: Settings) -> list[Grant]:
+    """``scanstream summarize``: Read on the findings and studies topics and its group; Write on
+    the series topic (Create too, if it creates it)."""
+    from worker.series.service import series_group
+
+    grants = [
+        Grant("topic", settings.findings_topic, "Read"),
+        Grant("topic", settings.studies_topic, "Read"),
+        Grant("group", series_group(settings), "Read"),
+        Grant("topic", settings.series_topic, "Write"),
+    ]
+    if settings.create_topics:
+        grants.append(Grant("topic", settings.series_topic, "Create"))
+    return grants
+
+
 def reader_grants(settings: Settings) -> list[Grant]:
     """Reading every result topic by assignment (the demo's watcher), no group."""
     return [
