@@ -2,7 +2,11 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# `make setup CUDA=1` adds the NVIDIA runtime wheels (the cuda extra) for onnxruntime-gpu.
+CUDA   ?=
+COMMA  := ,
+EXTRAS := $(if $(CUDA),dev$(COMMA)cuda,dev)
+STAMP  := $(VENV)/.installed$(if $(CUDA),-cuda)
 
 .PHONY: setup lint test unit integration faults demo bench broker-jars clean
 
@@ -11,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
 # Fetch (once, cached under ~/.cache/scanstream) the Apache Kafka broker jars from Maven Central.

@@ -371,8 +371,11 @@ def paced(
     """Open-loop load at ``rate`` events/s: answer counts, rates and latency percentiles.
 
     ``p*_ms`` are reader-side latencies, ``worker_p*_ms`` the findings' own ``latency_ms`` and
-    ``compute_p*_ms`` the time the worker spent computing (decode to finding); the difference
-    between the first and the last is waiting: queues, batching, fetch and produce.
+    ``compute_p*_ms`` the time the worker spent computing (decode to finding), and
+    ``wait_p*_ms`` each event's own latency less its compute: the time it waited before (and
+    between) its stages, in the producer, the broker, the fetch, the poll and the batch. The
+    difference between the reader-side and the worker's latency is the way back (produce of the
+    finding, the reader's fetch).
     """
     before = ph.worker.scrape()
     sent: dict[str, float] = {}
@@ -395,9 +398,15 @@ def paced(
         "achieved_img_s": round((n - 1) / span * frames_per_event, 2) if span > 0 else None,
         **latency_summary([(a.arrived - sent[i]) * 1e3 for i, a in ok.items()]),
     }
+    waits = [
+        a.worker_latency_ms - a.compute_ms
+        for a in ok.values()
+        if a.worker_latency_ms is not None and a.compute_ms is not None
+    ]
     for prefix, values in (
         ("worker", [a.worker_latency_ms for a in ok.values()]),
         ("compute", [a.compute_ms for a in ok.values()]),
+        ("wait", waits),
     ):
         summary = latency_summary([v for v in values if v is not None])
         row.update({f"{prefix}_{k}": v for k, v in summary.items() if k != "mean_ms"})

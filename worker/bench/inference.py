@@ -85,9 +85,25 @@ def bench_inference(
     min_seconds: float = 1.0,
     max_batch: int = 16,
 ) -> dict[str, Any]:
-    """Frames per second per model and batch size, the batched rate, the provider."""
+    """Frames per second per model and batch size, the batched rate, the provider; where the
+    models run on CUDA, the same on the CPU under ``"cpu"``, side by side."""
     models = ModelSet.load(models_dir)
     images, features = _workload(max(batch_sizes))
+    out = _bench_models(models, images, features, batch_sizes, min_seconds, max_batch)
+    if models.provider != "CPUExecutionProvider":
+        cpu = ModelSet.load(models_dir, cpu_only=True)
+        out["cpu"] = _bench_models(cpu, images, features, batch_sizes, min_seconds, max_batch)
+    return out
+
+
+def _bench_models(
+    models: ModelSet,
+    images: np.ndarray,
+    features: np.ndarray,
+    batch_sizes: Sequence[int],
+    min_seconds: float,
+    max_batch: int,
+) -> dict[str, Any]:
     out: dict[str, Any] = {"provider": models.provider, "provider_note": models.provider_note}
     for b in batch_sizes:
         cnn = partial(models.run_cnn, images[:b])

@@ -192,12 +192,16 @@ def render_markdown(result: Mapping[str, Any]) -> str:
                 row.get("p99_ms"),
                 row.get("max_ms"),
                 row.get("worker_p99_ms"),
+                row.get("wait_p50_ms"),
+                row.get("wait_p99_ms"),
                 row.get("compute_p50_ms"),
+                row.get("compute_p99_ms"),
             ]
             for row in latency
         ]
         header = ["load", "offered img/s", "sent img/s", "events", "p50 ms", "p95 ms", "p99 ms"]
-        header += ["max ms", "worker p99 ms", "compute p50 ms"]
+        header += ["max ms", "worker p99 ms", "wait p50 ms", "wait p99 ms", "compute p50 ms"]
+        header += ["compute p99 ms"]
         out += [*_table(header, rows), ""]
         out += [f"p99 at 50% load: {_target_cell(result, 'p99_ms_at_50pct')}.", ""]
     bursts = result.get("phases", {}).get("worker1", {}).get("bursts", [])

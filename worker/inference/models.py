@@ -19,6 +19,7 @@ the same on an onnxruntime-gpu install, so the provider reported here is always
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ import onnxruntime as ort
 
 from worker.errors import ModelError
 from worker.inference.cards import ModelCard, list_models, read_verified
+from worker.inference.cuda import cuda_unusable_reason
+
+log = logging.getLogger(__name__)
 
 CNN_SIZE: Final = 64
 CUDA: Final = "CUDAExecutionProvider"
@@ -160,7 +164,9 @@ class ModelSet:
         self.cards: tuple[ModelCard, ModelCard] = (cnn.card, svm.card)
 
     @classmethod
-    def load(cls, models_dir: Path | None = None, require_gpu: bool = False) -> ModelSet:
+    def load(
+        cls, models_dir: Path | None = None, require_gpu: bool = False, cpu_only: bool = False
+    ) -> ModelSet:
         """Load and verify the models in ``models_dir`` (default: the shipped ones).
 
         Fails with :class:`~worker.errors.ModelError` naming the file and the reason when a card
@@ -186,12 +192,17 @@ class ModelSet:
                 f"{svm_card.path}: labels {svm_card.labels} differ from the image "
                 f"model's {cnn_card.labels}"
             )
-        want_cuda = CUDA in ort.get_available_providers()
+        # Look for the CUDA libraries first: asking onnxruntime for CUDA without them makes it
+        # log a red error before it falls back (worker/inference/cuda.py).
+        unusable = "CPU asked for" if cpu_only else cuda_unusable_reason()
+        want_cuda = unusable is None
         cnn = _session(cnn_card, want_cuda)
         # If CUDA just failed, do not ask again: onnxruntime would log the same error twice.
         svm = _session(svm_card, want_cuda and cnn.provider == CUDA)
-        if not want_cuda:
-            note = "this onnxruntime build has no CUDA provider; running on CPU"
+        if unusable is not None:
+            note = f"running on CPU: {unusable}"
+            if not cpu_only:
+                log.info("CUDA not used: %s", unusable)
         elif cnn.provider == CUDA and svm.provider == CUDA:
             note = "CUDA requested and in use"
         else:
@@ -203,7 +214,8 @@ class ModelSet:
         if require_gpu and models.provider != CUDA:
             raise ModelError(
                 f"require_gpu is set but the models run on {models.provider}: {note}. Install "
-                "CUDA and cuDNN for onnxruntime-gpu, or unset SCANSTREAM_REQUIRE_GPU"
+                "the NVIDIA driver and scanstream[cuda] (make setup CUDA=1), or unset "
+                "SCANSTREAM_REQUIRE_GPU"
             )
         return models
 
