@@ -135,6 +135,8 @@ class Exporter:
                 records = [r for recs in batch.values() for r in recs]
                 if records:
                     self._handle(records)
+                    if self._watchdog is not None:
+                        self._watchdog.reset()
                 elif drain and self._caught_up():
                     break
                 elif self._watchdog is not None and self._watchdog.stuck(self.consumer):

@@ -167,6 +167,8 @@ class Worker:
                 records = [r for recs in batch.values() for r in recs]
                 if records:
                     self._handle(records)
+                    if self._watchdog is not None:
+                        self._watchdog.reset()
                 elif self._watchdog is not None and self._watchdog.stuck(self.consumer):
                     self._replace_stuck_consumer()
                 elif drain and self._caught_up():

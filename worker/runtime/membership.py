@@ -52,13 +52,26 @@ def replace_consumer(consumer: Any) -> None:
         log.warning("closing the stuck consumer failed: %r", exc)
 
 
+def _highwater(consumer: Any, tp: Any) -> int | None:
+    try:
+        value = consumer.highwater(tp)
+    except Exception:  # noqa: BLE001 - revoked between the two calls
+        return None
+    return value if isinstance(value, int) else None
+
+
 class MembershipWatchdog:
     """Says when a consumer without partitions should be replaced (see the module docstring).
 
     Without partitions for ``stuck_after_s``: a member whose join has not ended (not stable)
     is stuck; a stable one (or one whose state the client does not expose) is stuck only if
     the topic has records waiting and the group committed nothing in all that time, i.e. no
-    member works on them. One idle among busy members, or an idle topic, is left alone.
+    member works on them. One idle among busy members, or an idle topic, is left alone. With
+    partitions: stuck when no records came and no fetch answered for any of them (no high
+    watermark known) for ``stuck_after_s``.
+
+    ``_committed`` is None while the timer runs for an assigned member, a dict (the group's
+    committed offsets, empty when unknown) while it runs for one without partitions.
     """
 
     def __init__(
@@ -73,15 +86,28 @@ class MembershipWatchdog:
         self._since, self._committed = None, None
 
     def stuck(self, consumer: Any) -> bool:
-        """Call after each poll; True once the consumer should be replaced."""
-        if consumer.assignment():
-            self.reset()
-            return False
+        """Call after each poll that brought no records (:meth:`reset` after one that did);
+        True once the consumer should be replaced."""
+        assigned = consumer.assignment()
         now = self._clock()
-        if self._since is None:
-            self._since, self._committed = now, None
+        if assigned:
+            # Partitions, but no fetch ever answered for any of them (no high watermark known)
+            # all the while: seen too (the broker had forgotten the member, which went on
+            # believing it was assigned). A healthy idle member learns the watermark within a
+            # fetch wait (500 ms), so it is never taken for stuck.
+            if self._since is None or self._committed is not None:
+                self._since, self._committed = now, None
+                return False
+            if now - self._since < self.stuck_after_s:
+                return False
+            if all(_highwater(consumer, tp) is None for tp in assigned):
+                return True
+            self._since = now
+            return False
+        if self._since is None or self._committed is None:
+            self._since, self._committed = now, {}
             if member_state(consumer) != "<rebalancing>":
-                self._committed = self._progress(consumer)
+                self._committed = self._progress(consumer) or {}
             return False
         if now - self._since < self.stuck_after_s:
             return False
@@ -90,9 +116,9 @@ class MembershipWatchdog:
             return True  # a join that never ended
         before, after = self._committed, self._progress(consumer)
         waiting = after is not None and self._lag(consumer, after) > 0
-        if before is not None and after == before and waiting:
+        if before and after == before and waiting:
             return True  # records wait, nobody commits, and we hold no partition
-        self._since, self._committed = now, after  # idle, or others work: look again later
+        self._since, self._committed = now, after or {}  # idle, or others work: look later
         return False
 
     def waited_s(self) -> float:

@@ -165,7 +165,9 @@ class Summarizer:
                     self._apply(record)
                 self._deliver_due()
                 watchdog = self._watchdog
-                if not records and watchdog is not None and watchdog.stuck(self.consumer):
+                if records and watchdog is not None:
+                    watchdog.reset()
+                elif watchdog is not None and watchdog.stuck(self.consumer):
                     self._replace_consumer()
         finally:
             self.close()

@@ -48,6 +48,23 @@ def test_a_join_that_never_ends_is_stuck_after_the_wait() -> None:
     assert dog.stuck(stuck) and dog.waited_s() == 45.0
 
 
+def test_an_assigned_member_whose_fetches_never_answer_is_stuck() -> None:
+    now = [0.0]
+    dog = MembershipWatchdog("scans.events", 45.0, clock=lambda: now[0])
+    deaf: Any = FakeConsumer([], [])
+    deaf.highwater = lambda tp: None  # partitions, and never a fetch answer
+    assert not dog.stuck(deaf)
+    now[0] += 46.0
+    assert dog.stuck(deaf)
+    dog.reset()
+    healthy: Any = FakeConsumer([], [])  # idle, but its fetches answer: it knows the watermark
+    assert not dog.stuck(healthy)
+    now[0] += 46.0
+    assert not dog.stuck(healthy)
+    now[0] += 46.0
+    assert not dog.stuck(healthy)
+
+
 def test_a_stable_member_without_partitions_is_stuck_only_if_records_wait_unworked() -> None:
     now = [0.0]
     dog = MembershipWatchdog("scans.events", 45.0, clock=lambda: now[0])
