@@ -65,7 +65,9 @@ LATENCY_DEFINITION: Final = (
     "Latency = arrival of the finding at a reader in the benchmark process minus the event's "
     "send time (same clock): both produce hops, the broker and the reader's fetch included. "
     "'worker p99' is the finding's own latency_ms (sent-at header, ms precision, to building "
-    "the finding); 'compute p50' is the finding's timings_ms summed (decode to finding)."
+    "the finding); 'compute' is the finding's timings_ms summed (decode to finding), 'wait' "
+    "that latency less its compute. Loads are shares of the lower of the worker's saturation "
+    "burst and the in-process compute limit."
 )
 _TIMEOUT_S: Final = 180.0  # bound on every wait of a phase
 _BURSTS: Final = 2  # saturation bursts per phase (the best counts, all are reported)
@@ -237,7 +239,10 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
                 # As for the limit: the best burst is the one least disturbed by other load.
                 phases[tag] = {"img_s": max(r["img_s"] for r in runs), "bursts": runs}
                 _say(f"{tag}: {[r['img_s'] for r in runs]} img/s, bursts of {n} events")
-            saturation = float(phases["worker1"]["img_s"])
+            # Loads are shares of what one worker can really do: its saturation burst, but never
+            # more than the in-process compute limit (a burst measured above the limit, seen
+            # on this noisy machine, made "50%" a load near its real capacity).
+            saturation = min(float(phases["worker1"]["img_s"]), rate)
             for load in LOADS:
                 offered, tag = load * saturation, f"load{int(load * 100)}"
                 n = _clamp(15 * offered, 150, 900)  # ~15 s: enough samples for a p99

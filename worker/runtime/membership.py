@@ -6,8 +6,11 @@ log ends, when it is stopped, with ``LeaveGroup ... UnknownMemberIdError`` (the 
 forgotten it). Neither a longer wait nor a poll ends it. :class:`MembershipWatchdog` notices a
 consumer that has had no partitions for ``stuck_after_s`` while its join has not ended
 (kafka-python's coordinator state, read where that client exposes it), or while records wait
-on the topic and the group commits nothing; the loop then replaces the consumer: the old one is
-closed (it leaves the group) and a new one joins afresh.
+on the topic and the group commits nothing, or, holding partitions, has had no records and no
+fetch answer for any of them (its client believing it assigned while the broker had dropped it
+is the suspected cause); the loop then replaces the consumer: the old one is closed (it leaves
+the group) and a new one joins afresh. Which of these the stalls seen were is not proven: a
+replacement logs the member's state, so the next one will tell.
 
 A member without partitions among members that work (more members than partitions), or on a
 topic with nothing waiting, is idle, not stuck, and is left alone: the watchdog never makes a
@@ -61,7 +64,7 @@ def _highwater(consumer: Any, tp: Any) -> int | None:
 
 
 class MembershipWatchdog:
-    """Says when a consumer without partitions should be replaced (see the module docstring).
+    """Says when a consumer should be replaced (see the module docstring).
 
     Without partitions for ``stuck_after_s``: a member whose join has not ended (not stable)
     is stuck; a stable one (or one whose state the client does not expose) is stuck only if
