@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pydicom
+from kafka_helpers import running
 from orthanc import Orthanc
 
 from worker.export.destinations import open_destination
@@ -42,15 +42,11 @@ def exporter_thread(settings: Settings) -> Iterator[Exporter]:
         Health(),
     )
     exporter.backoff_first_s = 0.2
-    thread = threading.Thread(target=exporter.run, daemon=True)
-    thread.start()
     try:
-        yield exporter
+        with running(exporter, "exporter"):
+            yield exporter
     finally:
-        exporter.stop()
-        thread.join(timeout=60)
         destination.close()
-        assert not thread.is_alive(), "the exporter did not stop"
 
 
 def phantom(seed: int, **attributes: Any) -> bytes:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -17,18 +17,36 @@ from worker.runtime.service import start_worker
 from worker.settings import Settings
 
 
+class Loop(Protocol):
+    """A consumer loop: the worker, the exporter, the summarizer."""
+
+    def run(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+
+L = TypeVar("L", bound=Loop)
+
+
+@contextmanager
+def running(loop: L, name: str) -> Iterator[L]:
+    """``loop.run()`` on a thread for the block; stopped and joined at the end."""
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), f"the {name} did not stop"
+
+
 @contextmanager
 def worker_thread(settings: Settings) -> Iterator[Worker]:
     assert settings.bootstrap_servers
     worker, _, _ = start_worker(settings, settings.bootstrap_servers)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
+    with running(worker, "worker"):
         yield worker
-    finally:
-        worker.stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "the worker did not stop"
 
 
 @dataclass

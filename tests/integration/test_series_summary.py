@@ -7,7 +7,6 @@ leaves it to the next one, which summarises it and nothing else again."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.kafka_helpers import read_topics
+from tests.kafka_helpers import read_topics, running
 from worker.contract import ScanEvent, validation_errors
 from worker.gateway.studies import StudyTracker
 from worker.inference import ModelSet
@@ -85,15 +84,8 @@ def study_complete(findings: list[dict[str, Any]]) -> dict[str, Any]:
 @contextmanager
 def summarizer_thread(settings: Settings) -> Iterator[Summarizer]:
     assert settings.bootstrap_servers
-    summarizer = Summarizer(settings, settings.bootstrap_servers)
-    thread = threading.Thread(target=summarizer.run, daemon=True)
-    thread.start()
-    try:
+    with running(Summarizer(settings, settings.bootstrap_servers), "summarizer") as summarizer:
         yield summarizer
-    finally:
-        summarizer.stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "the summarizer did not stop"
 
 
 def summaries(settings: Settings, until: Callable[[list[dict[str, Any]]], bool]) -> list[Any]:

@@ -39,12 +39,7 @@ from worker.metrics import Health, Metrics
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.delivery import Delivery
 from worker.runtime.flow import FlowControl, Rebalance
-from worker.runtime.membership import (
-    STUCK_AFTER_S,
-    MembershipWatchdog,
-    member_state,
-    replace_consumer,
-)
+from worker.runtime.membership import STUCK_AFTER_S, MembershipWatchdog, replace_consumer
 from worker.runtime.observer import Observer
 from worker.runtime.results import EventResult, dead_letter_result
 from worker.settings import Settings
@@ -145,14 +140,11 @@ class Exporter:
                 elif drain and self._caught_up():
                     break
                 elif self._watchdog is not None and self._watchdog.stuck(self.consumer):
-                    self._watchdog.reset()  # stuck outside its group: join afresh
-                    log.warning(
-                        "the exporter's consumer is stuck (membership %s): replacing it",
-                        member_state(self.consumer),
-                    )
-                    replace_consumer(self.consumer)
                     assert self._factory is not None
-                    self.consumer = self.flow.consumer = self.delivery.consumer = self._factory()
+                    fresh = replace_consumer(
+                        self.consumer, self._factory, self._watchdog, "exporter"
+                    )
+                    self.consumer = self.flow.consumer = self.delivery.consumer = fresh
                     self._subscribe()
         finally:
             self.close()

@@ -34,12 +34,7 @@ from worker.pipeline import Pipeline
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.delivery import Delivery
 from worker.runtime.flow import FlowControl, Rebalance
-from worker.runtime.membership import (
-    STUCK_AFTER_S,
-    MembershipWatchdog,
-    member_state,
-    replace_consumer,
-)
+from worker.runtime.membership import STUCK_AFTER_S, MembershipWatchdog, replace_consumer
 from worker.runtime.observer import Observer, RunStats
 from worker.runtime.results import (
     EventResult,
@@ -128,14 +123,8 @@ class Worker:
     def _replace_stuck_consumer(self) -> None:
         """The consumer is stuck outside its group: close it (it leaves) and join afresh."""
         assert self._factory is not None and self._watchdog is not None
-        log.warning(
-            "no partitions for %.0f s and the group membership is %s: replacing the consumer",
-            self._watchdog.waited_s(),
-            member_state(self.consumer),
-        )
-        self._watchdog.reset()
-        replace_consumer(self.consumer)
-        self.consumer = self.flow.consumer = self.delivery.consumer = self._factory()
+        fresh = replace_consumer(self.consumer, self._factory, self._watchdog, "worker")
+        self.consumer = self.flow.consumer = self.delivery.consumer = fresh
         self._subscribe()
 
     @property

@@ -47,12 +47,25 @@ def member_state(consumer: Any) -> str | None:
     return state if isinstance(state, str) else None
 
 
-def replace_consumer(consumer: Any) -> None:
-    """Close a stuck consumer (it leaves its group) within a few seconds, whatever happens."""
+def replace_consumer(
+    consumer: Any, factory: Callable[[], Any], watchdog: MembershipWatchdog, who: str
+) -> Any:
+    """Say why, close the stuck ``consumer`` (it leaves its group) within a few seconds whatever
+    happens, and return a fresh one from ``factory``; the caller subscribes it and hands it to
+    whatever holds the old one (its flow control and delivery)."""
+    log.warning(
+        "the %s's consumer got nothing for %.0f s (membership %s, %d partitions): replacing it",
+        who,
+        watchdog.waited_s(),
+        member_state(consumer),
+        len(consumer.assignment()),
+    )
+    watchdog.reset()
     try:
         consumer.close(autocommit=False, timeout_ms=5000)
     except Exception as exc:  # noqa: BLE001 - the new consumer joins all the same
         log.warning("closing the stuck consumer failed: %r", exc)
+    return factory()
 
 
 def _highwater(consumer: Any, tp: Any) -> int | None:

@@ -182,10 +182,8 @@ class Summarizer:
 
     def _replace_consumer(self) -> None:
         assert self._watchdog is not None and self._factory is not None
-        self._watchdog.reset()
-        log.warning("the summarizer's consumer is stuck outside its group: replacing it")
-        replace_consumer(self.consumer)
-        self.consumer = self.flow.consumer = self.delivery.consumer = self._factory()
+        fresh = replace_consumer(self.consumer, self._factory, self._watchdog, "summarizer")
+        self.consumer = self.flow.consumer = self.delivery.consumer = fresh
         self._subscribe()
 
     def _forget_gone(self) -> None:
