@@ -128,6 +128,9 @@ class Settings:
     max_frames: int = 2000
     # Inference runs over every frame of one poll at once, in chunks of at most this many.
     batch_max_size: int = 16
+    # A poll's events are computed and delivered in chunks of about this much compute, so that
+    # a finding leaves when its chunk is done, not when the whole poll is (0: one chunk a poll).
+    chunk_target_ms: float = 20.0
     poll_timeout_ms: int = 100
     max_poll_records: int = 64
     max_poll_interval_ms: int = 300_000
@@ -234,6 +237,8 @@ class Settings:
         ):
             if not getattr(self, name) > 0:  # also refuses NaN
                 raise ConfigError(f"SCANSTREAM_{name.upper()} must be a number of seconds > 0")
+        if not self.chunk_target_ms >= 0:  # also refuses NaN
+            raise ConfigError("SCANSTREAM_CHUNK_TARGET_MS must be a number of milliseconds >= 0")
         if self.delivery not in DELIVERY_MODES:
             raise ConfigError(
                 f"SCANSTREAM_DELIVERY={self.delivery!r}: use one of {', '.join(DELIVERY_MODES)}"
@@ -353,6 +358,7 @@ FILE_SECRETS: Final = ("reference_auth", "sasl_password", "gateway_http_auth", "
 OTHER_VARIABLES: Final = (
     "SCANSTREAM_BROKER_DIR",
     "SCANSTREAM_CACHE",
+    "SCANSTREAM_BENCH_NOISE_HU",  # worker/bench/suite.py: the benchmark's CT noise level
     *(f"SCANSTREAM_{name.upper()}_FILE" for name in FILE_SECRETS),
 )
 

@@ -1,10 +1,12 @@
 """The consumer loop: poll -> process -> produce -> commit, and nothing else.
 
-Each poll takes at most ``max_poll_records`` events. They are computed on one compute thread by
+Each poll takes at most ``max_poll_records`` events. They are computed, in chunks of about
+``chunk_target_ms`` of compute (:mod:`worker.runtime.chunks`), on one compute thread by
 the pipeline (:class:`worker.pipeline.Pipeline`, the same composition ``analyze`` and the
 benchmark use) while the loop keeps the consumer in its group (:mod:`worker.runtime.flow`);
 every event ends in one finding or one dead letter, which the delivery
-(:mod:`worker.runtime.delivery`) produces and commits before the next poll; the observer
+(:mod:`worker.runtime.delivery`) produces and commits, chunk by chunk while the next chunk
+computes, before the next poll; the observer
 (:mod:`worker.runtime.observer`) counts and logs them once committed. In-flight work is thus
 bounded by ``max_poll_records``, and a crash replays rather than loses events.
 
@@ -18,8 +20,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
@@ -32,6 +35,7 @@ from worker.inference import ModelSet
 from worker.metrics import Health, Metrics
 from worker.pipeline import Pipeline
 from worker.runtime import kafka as kafka_clients
+from worker.runtime.chunks import ChunkSizer
 from worker.runtime.delivery import Delivery
 from worker.runtime.flow import FlowControl, Rebalance
 from worker.runtime.membership import STUCK_AFTER_S, MembershipWatchdog, replace_consumer
@@ -73,6 +77,7 @@ class Worker:
         self.pipeline = pipeline or Pipeline(models, settings, imaging)
         self._stop = threading.Event()
         self._compute_pool = ThreadPoolExecutor(1, thread_name_prefix="scanstream-compute")
+        self._sizer = ChunkSizer(settings.chunk_target_ms / 1e3)
         extra: dict[str, Any] = {}
         if settings.delivery == "exactly-once":
             # A stable worker id (e.g. the pod name) lets a restarted worker fence its crashed
@@ -179,14 +184,31 @@ class Worker:
 
     # -- the loop body -----------------------------------------------------------------------
     def _handle(self, records: list[Any]) -> None:
+        """The poll's records in chunks (:mod:`worker.runtime.chunks`): while one chunk's
+        results are produced and committed here, the next one computes on the compute thread,
+        so a finding leaves when its chunk is done, not when the whole poll is."""
         self.observer.polled(len(records))
         self.health.set_backlog(len(records))
-        work = self._compute_pool.submit(self.compute, records)
-        self.flow.wait(work)
-        committed = self.delivery.deliver(work.result())
-        self.flow.resume()
-        self.observer.committed(committed)
+        chunks = self._sizer.split(records)
+        work: Future[list[EventResult]] | None = self._submit(next(chunks))
+        while work is not None:
+            self.flow.wait(work)
+            results = work.result()
+            following = next(chunks, None)
+            work = None if following is None else self._submit(following)
+            committed = self.delivery.deliver(results)
+            self.flow.resume()
+            self.observer.committed(committed)
         self.observer.lag(self.consumer, {TopicPartition(r.topic, r.partition) for r in records})
+
+    def _submit(self, chunk: Sequence[Any]) -> Future[list[EventResult]]:
+        return self._compute_pool.submit(self._timed_compute, list(chunk))
+
+    def _timed_compute(self, records: list[Any]) -> list[EventResult]:
+        t0 = time.perf_counter()
+        results = self.compute(records)
+        self._sizer.observe(len(records), time.perf_counter() - t0)
+        return results
 
     def compute(self, records: list[Any]) -> list[EventResult]:
         """Records to results (runs on the compute thread; never touches the consumer)."""

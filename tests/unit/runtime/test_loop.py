@@ -42,7 +42,9 @@ def make_worker(
     consumer = FakeConsumer(log, batches, commit_error or (lambda _: None))
     producer = FakeProducer(log, fail or (lambda *_: None))
     worker = Worker(
-        settings or Settings(),
+        # One chunk a poll: these tests pin the delivery of a batch (chunks are each delivered
+        # the same way: test_a_poll_is_delivered_chunk_by_chunk).
+        settings or Settings(chunk_target_ms=0),
         "fake:9092",
         models,
         Metrics(),
@@ -70,11 +72,37 @@ def test_every_event_ends_in_one_result_and_offsets_commit_after_the_sends(
     assert consumer.committed_offsets[consumer.tp].offset == 3
     # Asynchronous commits while running, confirmed by a synchronous one before leaving.
     assert log.index("commit_async") < log.index("commit") < log.index("consumer close")
-    # Offsets are committed only after every send was flushed (acknowledged).
-    last_send = max(i for i, entry in enumerate(log) if entry.startswith("send"))
-    assert log.index("commit_async") > log.index("flush") > last_send
+    # Offsets are committed only after every send before them was flushed (acknowledged).
+    assert_commits_follow_flushed_sends(log)
     finding = json.loads(next(s.value for s in producer.sent if s.topic == "scans.findings"))
     assert finding["event_id"] == "e0" and finding["source"]["offset"] == 0
+
+
+def assert_commits_follow_flushed_sends(log: list[str]) -> None:
+    commits = [i for i, entry in enumerate(log) if entry == "commit_async"]
+    assert commits
+    for c in commits:
+        sends = [i for i, entry in enumerate(log[:c]) if entry.startswith("send")]
+        assert sends and "flush" in log[sends[-1] : c], log
+
+
+@pytest.mark.parametrize(("target_ms", "commits"), [(0.0, 1), (1e-6, 4)])
+def test_a_poll_is_delivered_chunk_by_chunk(
+    models: ModelSet, target_ms: float, commits: int
+) -> None:
+    # A target below any event's compute time makes every event a chunk of its own: each is
+    # produced, acknowledged and committed before the poll's last one is done. 0: one chunk.
+    good = [encode_ct(ct_slice(seed, 64)) for seed in range(4)]
+    batch = [record(i, data) for i, data in enumerate(good)]
+    settings = Settings(chunk_target_ms=target_ms)
+    worker, consumer, producer, log = make_worker(models, [batch], settings=settings)
+    stats = worker.run(drain=True)
+    assert (stats.consumed, stats.findings) == (4, 4)
+    assert log.count("commit_async") == commits
+    assert_commits_follow_flushed_sends(log)
+    assert consumer.committed_offsets[consumer.tp].offset == 4
+    offsets = [json.loads(s.value)["source"]["offset"] for s in producer.sent]
+    assert offsets == [0, 1, 2, 3]  # chunks keep the partition's order
 
 
 def test_an_unacknowledged_send_is_sent_again_alone_and_only_then_committed(
