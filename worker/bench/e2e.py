@@ -40,7 +40,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +50,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from worker.bench.report import latency_summary, stage_means
 from worker.broker import free_port
-from worker.contract import header
+from worker.contract import DICOM_TYPE, header
 from worker.errors import ScanStreamError
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.publisher import event_headers
@@ -67,12 +67,15 @@ class BenchError(ScanStreamError):
 
 @dataclass(frozen=True)
 class Event:
-    """One workload event: the DICOM bytes, its partitioning key and its frame count."""
+    """One workload event: the record value (DICOM bytes, or the JSON document of a reference
+    event: :mod:`worker.bench.references`), its partitioning key, the frames it holds and the
+    content-type header that tells the worker which of the two forms it is."""
 
     name: str
     data: bytes
     key: bytes | None
     frames: int
+    content_type: str = DICOM_TYPE
 
 
 @dataclass(frozen=True)
@@ -210,7 +213,7 @@ class Publisher:
             key=event.key,
             value=event.data,
             partition=partition,
-            headers=event_headers(event_id, sent_at, "application/dicom"),
+            headers=event_headers(event_id, sent_at, event.content_type),
         )
         return event_id, sent_at
 
@@ -222,9 +225,20 @@ class Publisher:
 
 
 class WorkerProcess:
-    """The worker under test as a child process with the phase's settings in its environment."""
+    """The worker under test as a child process with the phase's settings in its environment.
 
-    def __init__(self, settings: Settings, processes: int, naive: bool, log_path: Path) -> None:
+    ``extra_env`` goes in last: what a phase needs beyond topics and group (the reference phase's
+    ``SCANSTREAM_REFERENCE_ALLOW``), without a Settings field per phase.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        processes: int,
+        naive: bool,
+        log_path: Path,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         names = ("events_topic", "findings_topic", "alerts_topic", "dlq_topic", "group_id")
         env = {f"SCANSTREAM_{n.upper()}": str(getattr(settings, n)) for n in names}
         env = {**os.environ, **env, "SCANSTREAM_WORKER_ID": settings.worker_id}
@@ -232,6 +246,7 @@ class WorkerProcess:
         # One process serves /metrics (its stage timings explain the figures); N would clash.
         self.metrics_port = free_port() if processes == 1 and not naive else 0
         env["SCANSTREAM_METRICS_PORT"] = str(self.metrics_port)
+        env.update(extra_env or {})
         if naive:
             cmd = [sys.executable, "-m", "worker.bench.naive"]
         else:
@@ -311,14 +326,16 @@ def phase(
     naive: bool,
     warm_event: Event,
     log_dir: Path,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[Phase]:
-    """Fresh topics and group, a reader, a publisher and a warmed-up worker; all torn down after."""
+    """Fresh topics and group, a reader, a publisher and a warmed-up worker (``extra_env`` in its
+    environment); all torn down after."""
     settings = phase_settings(base, bootstrap, tag)
     reader = FindingReader(bootstrap, settings)
     pub = Publisher(bootstrap, settings)
     worker: WorkerProcess | None = None
     try:
-        worker = WorkerProcess(settings, processes, naive, log_dir / f"{tag}.log")
+        worker = WorkerProcess(settings, processes, naive, log_dir / f"{tag}.log", extra_env)
         ph = Phase(pub, reader, worker)
         warm_up(ph, warm_event, timeout_s=180.0)
         yield ph

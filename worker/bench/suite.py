@@ -2,7 +2,11 @@
 
 Workload (:func:`build_workload`): 512x512 16-bit CT-like phantoms (:mod:`worker.phantoms`,
 deterministic seeds, every fourth with a lesion), half Explicit VR Little Endian and half RLE
-Lossless, plus the single-frame pydicom samples of :data:`SAMPLES` that this build decodes.
+Lossless, plus the single-frame pydicom samples of :data:`SAMPLES` that this build decodes. The
+phantoms carry Gaussian noise of ``noise_hu`` (default :data:`NOISE_HU`, 25 HU: ordinary CT
+quantum noise; the phantoms' own default of 12 HU is smoother than real scans, and noise changes
+what RLE compresses and what the filters and the edge detector have to do). The environment
+variable ``SCANSTREAM_BENCH_NOISE_HU`` overrides it for a run (:func:`noise_hu_from_env`).
 
 Compute limit (:func:`compute_limit`): the same pipeline with no Kafka at all
 (:class:`~worker.pipeline.Pipeline`, one event at a time) in fresh ``spawn`` processes with
@@ -11,10 +15,12 @@ processes started together behind a barrier. Images per second = frames / wall t
 six windows: three before the end-to-end phases and three after them.
 
 End to end (:mod:`worker.bench.e2e`): one worker process at saturation, two processes at
-saturation, the naive worker (:mod:`worker.bench.naive`) at saturation (best of two bursts
-each), then latency at 25%, 50% and 75% of the one-process saturation rate, each phase on
-topics of its own, against the broker
-named by ``KAFKA_BOOTSTRAP_SERVERS`` or a local one started (and stopped) for the run. Phase sizes
+saturation, the naive worker (:mod:`worker.bench.naive`) at saturation, one worker process at
+saturation on reference (claim-check) events (:mod:`worker.bench.references`: the same slices
+as files in a folder the worker is allowed to read, fetched and sha256-checked per event), best
+of two bursts each, then latency at 25%, 50% and 75% of the one-process saturation rate, each
+phase on topics of its own, against the broker named by ``KAFKA_BOOTSTRAP_SERVERS`` or a local
+one started (and stopped) for the run. The reference phase is as long as the naive one. Phase sizes
 derive from the measured compute limit so that the suite takes a few minutes on two cores.
 
 Stages: ``imaging`` and ``inference`` run :mod:`worker.bench.imaging` and
@@ -26,13 +32,14 @@ the gateway against dcmtk's storescp.
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import queue
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -44,6 +51,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from worker import broker
 from worker.bench import e2e
 from worker.bench.e2e import BenchError, Event
+from worker.bench.references import write_references
 from worker.bench.report import write_reports
 from worker.contract import ScanEvent
 from worker.dicom import decode
@@ -71,6 +79,8 @@ LATENCY_DEFINITION: Final = (
 )
 _TIMEOUT_S: Final = 180.0  # bound on every wait of a phase
 _BURSTS: Final = 2  # saturation bursts per phase (the best counts, all are reported)
+NOISE_HU: Final = 25.0  # the workload's default phantom noise (HU), see the module doc
+NOISE_ENV: Final = "SCANSTREAM_BENCH_NOISE_HU"
 
 
 def _say(message: str) -> None:
@@ -78,13 +88,27 @@ def _say(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def build_workload(phantoms: int = 16, size: int = 512) -> list[Event]:
+def noise_hu_from_env(env: Mapping[str, str] | None = None) -> float:
+    """``SCANSTREAM_BENCH_NOISE_HU`` as a number of HU >= 0, or :data:`NOISE_HU` when unset."""
+    raw = (os.environ if env is None else env).get(NOISE_ENV, "").strip()
+    if not raw:
+        return NOISE_HU
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise BenchError(f"{NOISE_ENV}={raw!r} is not a noise level in HU (a number >= 0)")
+    return value
+
+
+def build_workload(phantoms: int = 16, size: int = 512, noise_hu: float = NOISE_HU) -> list[Event]:
     """The deterministic event cycle: phantoms (raw and RLE) then the decodable samples."""
     events = []
     for i in range(phantoms):
         lesion = random_lesion(np.random.default_rng(i), size) if i % 4 == 3 else None
         syntax = ExplicitVRLittleEndian if i % 2 == 0 else RLELossless
-        hu = ct_slice(1000 + i, size, lesion)
+        hu = ct_slice(1000 + i, size, lesion, noise_hu=noise_hu)
         data = encode_ct(hu, study=f"bench-{i}", instance=i + 1, transfer_syntax=syntax)
         kind = "raw" if syntax == ExplicitVRLittleEndian else "rle"
         events.append(Event(f"phantom-{i}-{kind}", data, study_key(data), 1))
@@ -102,8 +126,10 @@ def build_workload(phantoms: int = 16, size: int = 512) -> list[Event]:
     return events
 
 
-def describe_workload(events: Sequence[Event]) -> dict[str, Any]:
+def describe_workload(events: Sequence[Event], noise_hu: float) -> dict[str, Any]:
+    """What the result records of the workload (``noise_hu``: what it was built with)."""
     return {
+        "noise_hu": noise_hu,
         "events_per_cycle": len(events),
         "frames_per_cycle": sum(e.frames for e in events),
         "mean_event_bytes": round(sum(len(e.data) for e in events) / len(events)),
@@ -214,8 +240,10 @@ def _clamp(value: float, low: int, high: int) -> int:
 
 
 def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
-    """Compute limit, saturation (1 and 2 processes, naive) and latency against load."""
-    events = build_workload()
+    """Compute limit, saturation (1 and 2 processes, naive, reference events) and latency
+    against load."""
+    noise_hu = noise_hu_from_env()
+    events = build_workload(noise_hu=noise_hu)
     _say(f"workload: {len(events)} events per cycle; compute limit, 1 process ...")
     limit1 = compute_limit(events, settings, 1)
     _say(f"limit 1 process: {limit1['windows_img_s']} img/s; {cores} processes ...")
@@ -229,13 +257,17 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
         tmp = Path(tmp_name)
         with _kafka(settings, tmp) as (bootstrap, where):
             _say(f"broker: {where}")
-            for tag, processes, naive, n in (
-                ("worker1", 1, False, n_sat),
-                ("worker2", 2, False, n_sat),
-                ("naive", 1, True, n_naive),
+            # Written once, read by the worker on every event: what the claim check adds.
+            refs, allow = write_references(events, tmp / "references")
+            for tag, processes, naive, n, work, env in (
+                ("worker1", 1, False, n_sat, events, {}),
+                ("worker2", 2, False, n_sat, events, {}),
+                ("naive", 1, True, n_naive, events, {}),
+                ("reference", 1, False, n_naive, refs, allow),
             ):
-                with e2e.phase(settings, bootstrap, tag, processes, naive, events[0], tmp) as ph:
-                    runs = [e2e.saturate(ph, events, n, _TIMEOUT_S) for _ in range(_BURSTS)]
+                args = (settings, bootstrap, tag, processes, naive, work[0], tmp, env)
+                with e2e.phase(*args) as ph:
+                    runs = [e2e.saturate(ph, work, n, _TIMEOUT_S) for _ in range(_BURSTS)]
                 # As for the limit: the best burst is the one least disturbed by other load.
                 phases[tag] = {"img_s": max(r["img_s"] for r in runs), "bursts": runs}
                 _say(f"{tag}: {[r['img_s'] for r in runs]} img/s, bursts of {n} events")
@@ -257,12 +289,14 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
     limit_n = _merge(limit_n, compute_limit(events, settings, cores))
     _say(f"limits: {limit1['windows_img_s']}, {limit_n['windows_img_s']} img/s")
     e2e1, e2e2 = phases["worker1"]["img_s"], phases["worker2"]["img_s"]
-    naive = phases["naive"]["img_s"]
+    naive, reference = phases["naive"]["img_s"], phases["reference"]["img_s"]
     half = next(row for row in latency if row["load"] == 0.5)
     return {
         "limit_img_s": limit1["img_s"],
         "e2e_img_s": e2e1,
         "ratio_to_limit": round(e2e1 / limit1["img_s"], 3),
+        "e2e_reference_img_s": reference,
+        "ratio_to_limit_reference": round(reference / limit1["img_s"], 3),
         "naive_img_s": naive,
         "ratio_to_naive": round(e2e1 / naive, 3),
         "p50_ms_at_50pct": half.get("p50_ms"),
@@ -281,7 +315,7 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
         "latency_definition": LATENCY_DEFINITION,
         "phases": phases,
         "limits": {"one_process": limit1, "all_cores": limit_n},
-        "workload": describe_workload(events),
+        "workload": describe_workload(events, noise_hu),
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.bench.e2e import pacing_schedule
+from worker.bench.e2e import BenchError, pacing_schedule
 from worker.bench.naive import handle
 from worker.bench.report import (
     latency_summary,
@@ -24,7 +24,13 @@ from worker.bench.report import (
     stage_means,
     write_reports,
 )
-from worker.bench.suite import build_workload, describe_workload, run_bench
+from worker.bench.suite import (
+    NOISE_ENV,
+    build_workload,
+    describe_workload,
+    noise_hu_from_env,
+    run_bench,
+)
 from worker.dicom import decode
 from worker.inference import ModelSet
 from worker.phantoms import ct_slice, encode_ct
@@ -101,8 +107,25 @@ def test_workload_is_deterministic_and_decodable() -> None:
     assert any(e.name == "CT_small.dcm" for e in first)
     for event in first:
         assert len(decode(event.data).frames) == event.frames
-    info = describe_workload(first)
+    info = describe_workload(first, 25.0)
     assert info["events_per_cycle"] == len(first) == len(info["names"])
+    assert info["noise_hu"] == 25.0
+
+
+def test_workload_noise_is_the_noise_asked_for() -> None:
+    # Same seeds, so the difference of two noise levels is the noise itself (25 HU here).
+    smooth = decode(build_workload(phantoms=1, size=64, noise_hu=0.0)[0].data).frames[0]
+    noisy = decode(build_workload(phantoms=1, size=64, noise_hu=25.0)[0].data).frames[0]
+    assert 22.0 < float((noisy - smooth)[24:40, 24:40].std()) < 28.0  # soft tissue, no clipping
+
+
+def test_noise_from_env() -> None:
+    assert noise_hu_from_env({}) == 25.0
+    assert noise_hu_from_env({NOISE_ENV: " 7.5 "}) == 7.5
+    assert noise_hu_from_env({NOISE_ENV: "0"}) == 0.0
+    for bad in ("abc", "-1", "nan", "inf"):
+        with pytest.raises(BenchError, match=NOISE_ENV):
+            noise_hu_from_env({NOISE_ENV: bad})
 
 
 def _result() -> dict[str, Any]:
@@ -120,6 +143,8 @@ def _result() -> dict[str, Any]:
         "limit_processes": 2,
         "e2e_img_s": 95.0,
         "ratio_to_limit": 0.95,
+        "e2e_reference_img_s": 88.0,
+        "ratio_to_limit_reference": 0.88,
         "e2e_2proc_img_s": 140.0,
         "scaling_2_vs_1": 1.47,
         "ratio_2proc_to_limit_all_cores": 0.93,
@@ -147,6 +172,7 @@ def _result() -> dict[str, Any]:
 def test_markdown_shows_throughput_latency_and_targets() -> None:
     md = render_markdown(_result())
     assert "| worker end to end, 1 process | 95.0 |" in md
+    assert "reference events (file://) | 88.0 | 0.88 of limit |" in md  # claim check, 1 process
     row = "| 50% | 50.0 | 49.5 | 120 | 10.5 | 20.5 | 50.0 | 90.0 | 25.0 | 3 | 18.5 | 6.5 | 9 |"
     assert row in md  # the wait before compute apart from the compute itself
     assert "met (>= 0.9)" in md  # ratio to the limit

@@ -19,7 +19,7 @@ def test_bench_reports_every_stage_and_the_total() -> None:
     finally:
         cv2.setNumThreads(threads)
     stage_keys = {"to_float_ms", *(f"{s}_ms" for s in STAGES)}
-    assert set(result) == stage_keys | {"total_ms_per_slice", "slices"}
+    assert stage_keys | {"total_ms_per_slice", "slices"} <= set(result)  # and the yardsticks
     assert result["slices"] == 3
     assert all(result[k] >= 0 for k in stage_keys)
     assert result["total_ms_per_slice"] == pytest.approx(sum(result[k] for k in stage_keys))
