@@ -125,7 +125,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     models = ModelSet.load(
-        Path(settings.models_dir) if settings.models_dir else None, settings.require_gpu
+        Path(settings.models_dir) if settings.models_dir else None,
+        settings.require_gpu,
+        max_batch=settings.batch_max_size,
     )
     pipeline = Pipeline(models, settings)
     status = 0

@@ -15,9 +15,17 @@ occlusion saliency per positive frame, 8 frames explained together
 worker's default, 16), as :class:`worker.pipeline.Pipeline` does for a poll: the rate a busy
 worker gets.
 
+On CUDA the models run as the worker runs them (:mod:`worker.inference.binding`): batches padded
+to bucket shapes (powers of two up to ``max_batch``; a batch of 32 is two of 16), every bucket
+warmed up at load, and IOBinding with preallocated buffers; ``cuda_iobinding``, ``run_modes``
+and ``warmup_shapes`` say so, per block. The ``"cpu"`` block beside it, and the only block on a
+machine without CUDA, is the plain CPU path (no padding, no warm-up shapes).
+
 >>> r = bench_inference(batch_sizes=(1, 2), min_seconds=0.01)
 >>> sorted(k for k in r if k.startswith("cnn_img_s"))
 ['cnn_img_s_b1', 'cnn_img_s_b2']
+>>> r["cuda_iobinding"] == (r["provider"] == "CUDAExecutionProvider")
+True
 """
 
 from __future__ import annotations
@@ -87,7 +95,7 @@ def bench_inference(
 ) -> dict[str, Any]:
     """Frames per second per model and batch size, the batched rate, the provider; where the
     models run on CUDA, the same on the CPU under ``"cpu"``, side by side."""
-    models = ModelSet.load(models_dir)
+    models = ModelSet.load(models_dir, max_batch=max_batch)
     images, features = _workload(max(batch_sizes))
     out = _bench_models(models, images, features, batch_sizes, min_seconds, max_batch)
     if models.provider != "CPUExecutionProvider":
@@ -105,6 +113,7 @@ def _bench_models(
     max_batch: int,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"provider": models.provider, "provider_note": models.provider_note}
+    out.update(models.batching())
     for b in batch_sizes:
         cnn = partial(models.run_cnn, images[:b])
         svm = partial(models.run_svm, features[:b])

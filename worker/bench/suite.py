@@ -146,7 +146,9 @@ def _limit_child(
     from worker.pipeline import Pipeline
 
     models = ModelSet.load(
-        Path(settings.models_dir) if settings.models_dir else None, settings.require_gpu
+        Path(settings.models_dir) if settings.models_dir else None,
+        settings.require_gpu,
+        max_batch=settings.batch_max_size,
     )
     pipeline = Pipeline(models, settings)
 

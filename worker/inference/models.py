@@ -5,7 +5,9 @@ Sessions ask for CUDA first and CPU as fallback. ONNX Runtime silently falls bac
 CUDA cannot start (no GPU, missing libraries), and ``get_available_providers()`` lists CUDA all
 the same on an onnxruntime-gpu install, so the provider reported here is always
 ``session.get_providers()[0]`` of the created session; ``require_gpu`` turns a fallback into a
-:class:`~worker.errors.ModelError` at start.
+:class:`~worker.errors.ModelError` at start. On CUDA, batches are padded to a few bucket shapes
+that are warmed up at load and run through IOBinding (:mod:`worker.inference.binding`; not yet
+run on a GPU); on the CPU they run as given.
 
 >>> import numpy as np
 >>> models = ModelSet.load()
@@ -31,6 +33,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from worker.errors import ModelError
+from worker.inference.binding import DEFAULT_MAX_BATCH, BatchRunner, RunMode, describe
 from worker.inference.cards import ModelCard, list_models, read_verified
 from worker.inference.cuda import cuda_unusable_reason
 
@@ -153,8 +156,18 @@ def _pick(cards: list[ModelCard], kind: str, models_dir: Path) -> ModelCard:
 class ModelSet:
     """The CNN and the SVM, loaded, verified and ready; thread-safe to call concurrently."""
 
-    def __init__(self, cnn: _Loaded, svm: _Loaded, note: str) -> None:
+    def __init__(
+        self,
+        cnn: _Loaded,
+        svm: _Loaded,
+        note: str,
+        run_mode: RunMode = "plain",
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
         self._cnn, self._svm = cnn, svm
+        self._runs = [
+            BatchRunner.for_card(m.session, m.card, run_mode, max_batch) for m in (cnn, svm)
+        ]
         providers = dict.fromkeys([cnn.provider, svm.provider])
         #: The provider really in use (both models normally share it; else "A,B").
         self.provider: str = ",".join(providers)
@@ -165,9 +178,16 @@ class ModelSet:
 
     @classmethod
     def load(
-        cls, models_dir: Path | None = None, require_gpu: bool = False, cpu_only: bool = False
+        cls,
+        models_dir: Path | None = None,
+        require_gpu: bool = False,
+        cpu_only: bool = False,
+        *,
+        run_mode: RunMode = "auto",
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> ModelSet:
-        """Load and verify the models in ``models_dir`` (default: the shipped ones).
+        """Load and verify the models in ``models_dir`` (default: the shipped ones), and warm up
+        their bucket shapes (``run_mode``, ``max_batch``: :mod:`worker.inference.binding`).
 
         Fails with :class:`~worker.errors.ModelError` naming the file and the reason when a card
         or model is missing or malformed, a sha256 does not match, the SVM's feature names differ
@@ -210,14 +230,20 @@ class ModelSet:
                 "CUDA requested but onnxruntime fell back to "
                 f"{cnn.provider} (see the onnxruntime log for why)"
             )
-        models = cls(cnn, svm, note)
+        models = cls(cnn, svm, note, run_mode, max_batch)
         if require_gpu and models.provider != CUDA:
             raise ModelError(
                 f"require_gpu is set but the models run on {models.provider}: {note}. Install "
                 "the NVIDIA driver and scanstream[cuda] (make setup CUDA=1), or unset "
                 "SCANSTREAM_REQUIRE_GPU"
             )
+        for run in models._runs:
+            run.warm_up()
         return models
+
+    def batching(self) -> dict[str, Any]:
+        """``cuda_iobinding``, each model's run mode and the input shapes warmed up at load."""
+        return describe(self._runs)
 
     def model_infos(self) -> list[dict[str, str]]:
         """``[{"name", "version", "execution_provider"}]`` for findings, logs and metrics."""
@@ -228,20 +254,14 @@ class ModelSet:
 
     def run_cnn(self, images: npt.NDArray[np.float32]) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and logits (N,) for images (N, 64, 64)."""
-        card = self._cnn.card
         x = np.ascontiguousarray(images, dtype=np.float32)[:, None, :, :]
-        prob, score = self._cnn.session.run(
-            [card.outputs["probability"], card.outputs["score"]], {card.input_name: x}
-        )
+        prob, score = self._runs[0](x)
         return np.asarray(prob).reshape(len(x)), np.asarray(score).reshape(len(x))
 
     def run_svm(self, features: npt.NDArray[np.float32]) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and decision values (N,) for feature vectors (N, F)."""
-        card = self._svm.card
         x = np.ascontiguousarray(features, dtype=np.float32)
-        prob, score = self._svm.session.run(
-            [card.outputs["probability"], card.outputs["score"]], {card.input_name: x}
-        )
+        prob, score = self._runs[1](x)
         return np.asarray(prob).reshape(len(x)), np.asarray(score).reshape(len(x))
 
     def predict(

@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 def load_models(settings: Settings) -> ModelSet:
     models = ModelSet.load(
-        Path(settings.models_dir) if settings.models_dir else None, settings.require_gpu
+        Path(settings.models_dir) if settings.models_dir else None,
+        settings.require_gpu,
+        max_batch=settings.batch_max_size,
     )
     log.info(
         "models loaded",
