@@ -7,9 +7,14 @@ for a broker that is away, every assigned partition is paused and the loop keeps
 records arrive, heartbeats and rebalances are served, and the member stays. Partitions are
 resumed once the batch is committed.
 
-A rebalance during such a wait may take partitions away. :attr:`revoked` collects them until
-the next :meth:`new_poll`: the delivery drops the results of those no longer assigned (another
-member replays them) and repositions those assigned back to this member.
+A rebalance during such a wait may take partitions away. Revocations are numbered as they come
+(:meth:`mark` is the latest number); :attr:`revoked` holds those after the mark of the results
+being delivered, set by :meth:`delivering` (or by :meth:`new_poll`, for loops that deliver a poll
+before the next one): the delivery drops the results of partitions no longer assigned (another
+member replays them) and repositions those assigned back to this member. Numbering rather than
+one set lets the worker hold one chunk's results across its next poll (it delivers them while
+the next chunk computes): a revocation during that poll concerns the held chunk, not the
+records the poll returned.
 """
 
 from __future__ import annotations
@@ -33,11 +38,35 @@ class FlowControl:
         # normal batch just runs (no pause, no extra poll that could delay its commit).
         self.patience_s = min(5.0, max_poll_interval_ms / 4000)
         self.paused = False
-        self.revoked: set[TopicPartition] = set()
+        self._revocations: list[tuple[int, TopicPartition]] = []
+        self._seq = 0  # number of the latest revocation
+        self._since = 0  # the delivery in progress concerns revocations after this number
+
+    def note_revoked(self, tp: TopicPartition) -> None:
+        self._seq += 1
+        self._revocations.append((self._seq, tp))
+
+    def mark(self) -> int:
+        """The latest revocation's number: take it when a poll returns its records."""
+        return self._seq
+
+    def revoked_since(self, mark: int) -> set[TopicPartition]:
+        return {tp for seq, tp in self._revocations if seq > mark}
+
+    @property
+    def revoked(self) -> set[TopicPartition]:
+        """Partitions revoked since the records now being delivered were polled."""
+        return self.revoked_since(self._since)
+
+    def delivering(self, mark: int) -> None:
+        """Results of records polled at ``mark`` are delivered now (the oldest in flight, so
+        older revocations concern nothing any more)."""
+        self._since = mark
+        self._revocations = [(seq, tp) for seq, tp in self._revocations if seq > mark]
 
     def new_poll(self) -> None:
         """A new batch starts: revocations before it no longer concern it."""
-        self.revoked.clear()
+        self.delivering(self._seq)
 
     def wait(self, work: Future[Any]) -> None:
         """Return when ``work`` is done, polling paused while it takes longer than patience."""
@@ -95,7 +124,7 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_revoked(self, revoked: Any) -> None:
         self.flow.health.set_ready(False)
         for tp in revoked:  # a partition we no longer own must not report stale lag
-            self.flow.revoked.add(tp)
+            self.flow.note_revoked(tp)
             self.metrics.remove_lag(tp.topic, tp.partition)
 
     def on_partitions_assigned(self, assigned: Any) -> None:

@@ -21,7 +21,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 from typing import Any
@@ -78,6 +78,9 @@ class Worker:
         self._stop = threading.Event()
         self._compute_pool = ThreadPoolExecutor(1, thread_name_prefix="scanstream-compute")
         self._sizer = ChunkSizer(settings.chunk_target_ms / 1e3)
+        # A computed chunk's results and the revocation mark of their poll, not yet delivered.
+        self._held: tuple[list[EventResult], int] | None = None
+        self._mark = 0
         extra: dict[str, Any] = {}
         if settings.delivery == "exactly-once":
             # A stable worker id (e.g. the pod name) lets a restarted worker fence its crashed
@@ -152,26 +155,52 @@ class Worker:
         try:
             while not self._stop.is_set():
                 self.health.beat()
-                self.flow.new_poll()
-                batch = self.consumer.poll(
-                    timeout_ms=self.settings.poll_timeout_ms,
-                    max_records=self.settings.max_poll_records,
-                )
-                self.health.set_ready(bool(self.consumer.assignment()))
-                records = [r for recs in batch.values() for r in recs]
+                records = self._poll()
                 if records:
                     self._handle(records)
                     if self._watchdog is not None:
                         self._watchdog.reset()
-                elif self._watchdog is not None and self._watchdog.stuck(self.consumer):
-                    self._replace_stuck_consumer()
-                elif drain and self._caught_up():
-                    break
+                    if max_events is None or self.stats.consumed < max_events:
+                        continue
+                self._deliver_held()  # nothing new came: what waits goes out now
                 if max_events is not None and self.stats.consumed >= max_events:
                     break
+                if (
+                    not records
+                    and self._watchdog is not None
+                    and self._watchdog.stuck(self.consumer)
+                ):
+                    self._replace_stuck_consumer()
+                elif not records and drain and self._caught_up():
+                    break
+            self._deliver_held()
         finally:
             self.close()
         return self.stats
+
+    def _poll(self) -> list[Any]:
+        """One poll: at once when a chunk's results wait (they go out with the next chunk's
+        compute), else up to ``poll_timeout_ms``.
+
+        A revocation since the waiting chunk was polled may have reset a partition to its
+        committed offset, so the poll could repeat that chunk's records: the poll is then
+        undone (its partitions sought back to its first records) and the chunk delivered, which
+        positions partitions given back to us after it."""
+        held = self._held
+        if held is None:
+            self.flow.new_poll()
+        batch = self.consumer.poll(
+            timeout_ms=0 if held is not None else self.settings.poll_timeout_ms,
+            max_records=self.settings.max_poll_records,
+        )
+        self.health.set_ready(bool(self.consumer.assignment()))
+        if held is not None and self.flow.revoked_since(held[1]):
+            for tp, polled in batch.items():
+                self.consumer.seek(tp, min(r.offset for r in polled))
+            self._deliver_held()
+            return []
+        self._mark = self.flow.mark()
+        return [r for recs in batch.values() for r in recs]
 
     def close(self) -> None:
         self.health.set_ready(False)
@@ -184,22 +213,33 @@ class Worker:
 
     # -- the loop body -----------------------------------------------------------------------
     def _handle(self, records: list[Any]) -> None:
-        """The poll's records in chunks (:mod:`worker.runtime.chunks`): while one chunk's
-        results are produced and committed here, the next one computes on the compute thread,
-        so a finding leaves when its chunk is done, not when the whole poll is."""
+        """The poll's records in chunks (:mod:`worker.runtime.chunks`), two stages deep: while
+        one chunk computes on the compute thread, the results of the one before are produced
+        and committed here; the last chunk's results wait for the next poll (an immediate one)
+        so that they, too, go out while something computes."""
         self.observer.polled(len(records))
         self.health.set_backlog(len(records))
-        chunks = self._sizer.split(records)
-        work: Future[list[EventResult]] | None = self._submit(next(chunks))
-        while work is not None:
+        mark = self._mark
+        for chunk in self._sizer.split(records):
+            work = self._submit(chunk)
+            self._deliver_held(in_flight=len(chunk))
             self.flow.wait(work)
-            results = work.result()
-            following = next(chunks, None)
-            work = None if following is None else self._submit(following)
-            committed = self.delivery.deliver(results)
-            self.flow.resume()
-            self.observer.committed(committed)
-        self.observer.lag(self.consumer, {TopicPartition(r.topic, r.partition) for r in records})
+            self._held = (work.result(), mark)
+        held = len(self._held[0]) if self._held is not None else 0
+        self.observer.lag(self.consumer, _partitions(records), in_flight=held)
+
+    def _deliver_held(self, in_flight: int = 0) -> None:
+        """Produce and commit the waiting chunk's results, if any (``in_flight``: records of
+        the chunk computing meanwhile, still waiting for health's sake)."""
+        if self._held is None:
+            return
+        results, mark = self._held
+        self._held = None
+        self.flow.delivering(mark)
+        committed = self.delivery.deliver(results)
+        self.flow.resume()
+        self.observer.committed(committed)
+        self.observer.lag(self.consumer, _partitions(r.record for r in results), in_flight)
 
     def _submit(self, chunk: Sequence[Any]) -> Future[list[EventResult]]:
         return self._compute_pool.submit(self._timed_compute, list(chunk))
@@ -245,3 +285,7 @@ class Worker:
             return False
         ends = self.consumer.end_offsets(tps)
         return all((self.consumer.committed(tp) or 0) >= ends[tp] for tp in tps)
+
+
+def _partitions(records: Iterable[Any]) -> set[TopicPartition]:
+    return {TopicPartition(r.topic, r.partition) for r in records}

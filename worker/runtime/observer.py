@@ -120,8 +120,9 @@ class Observer:
         if reason == "internal_error":  # our bug: loud, with the detail
             log.error("internal error on offset %s: %s", result.record.offset, result.rejection)
 
-    def lag(self, consumer: Any, partitions: set[TopicPartition]) -> None:
-        """Lag of the partitions just committed that are still ours; the backlog for health."""
+    def lag(self, consumer: Any, partitions: set[TopicPartition], in_flight: int = 0) -> None:
+        """Lag of the partitions just committed that are still ours; with ``in_flight`` (records
+        polled and not yet committed), the backlog for health."""
         owned = consumer.assignment()
         total = 0
         for tp in partitions & owned:
@@ -133,4 +134,4 @@ class Observer:
                 lag = max(0, high - position)
                 total += lag
                 self.metrics.set_lag(tp.topic, tp.partition, lag)
-        self.health.set_backlog(total)
+        self.health.set_backlog(total + in_flight)

@@ -269,3 +269,54 @@ def test_a_failed_commit_is_counted_and_confirmed_later(models: ModelSet) -> Non
     stats = worker.run(drain=True)
     assert stats.findings == 2 and consumer.committed_offsets[consumer.tp].offset == 2
     assert b'scanstream_replays_total{cause="commit"} 1.0' in worker.metrics.render()
+
+
+def test_a_chunk_goes_out_after_the_next_poll_while_the_next_chunk_computes(
+    models: ModelSet,
+) -> None:
+    # Two polls of one event each: the first event's finding is sent only after the second
+    # poll (an immediate one) handed the compute thread its next chunk.
+    good = encode_ct(ct_slice(8, 64))
+    worker, consumer, _, log = make_worker(
+        models, [[record(0, good)], [record(1, good)]], settings=Settings(chunk_target_ms=20)
+    )
+    consumer.on_poll = lambda: log.append("poll")
+    stats = worker.run(drain=True)
+    assert stats.findings == 2 and consumer.committed_offsets[consumer.tp].offset == 2
+    first_send = next(i for i, entry in enumerate(log) if entry.startswith("send"))
+    assert log[:first_send].count("poll") == 2
+    assert_commits_follow_flushed_sends(log)
+
+
+def test_a_rebalance_while_a_chunk_waits_undoes_the_poll_and_delivers_the_chunk_once(
+    models: ModelSet,
+) -> None:
+    """An eager rebalance (revoked, then given back) inside the poll after a chunk was computed:
+    that poll may repeat the chunk's records (kafka-python restarts from the committed offset),
+    so it is undone, the chunk delivered, and the partition positioned after it."""
+    good = encode_ct(ct_slice(9, 64))
+    # The third batch is what the consumer fetches again after the undone poll's seek.
+    batches = [[record(0, good)], [record(1, good)], [record(1, good)]]
+    worker, consumer, producer, log = make_worker(
+        models, batches, settings=Settings(chunk_target_ms=20)
+    )
+    polls = [0]
+
+    def on_poll() -> None:
+        polls[0] += 1
+        log.append("poll")
+        if polls[0] == 2:
+            assert consumer.listener is not None
+            consumer.listener.on_partitions_revoked({consumer.tp})
+            consumer.listener.on_partitions_assigned({consumer.tp})
+
+    consumer.on_poll = on_poll
+    stats = worker.run(drain=True)
+    offsets = [json.loads(s.value)["source"]["offset"] for s in producer.sent]
+    assert offsets == [0, 1]  # each once
+    assert stats.findings == 2 and consumer.committed_offsets[consumer.tp].offset == 2
+    second = [i for i, entry in enumerate(log) if entry == "poll"][1]
+    # The undone poll's records are sought back, then the held chunk (offset 0) goes out and
+    # its partition, given back to us, is positioned after it.
+    assert log[second + 1 : second + 3] == ["seek 1", "send scans.findings"]
+    assert "seek 1" in log[log.index("commit_async") :]
