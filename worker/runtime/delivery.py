@@ -27,6 +27,7 @@ import contextlib
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import OffsetAndMetadata, TopicPartition
@@ -73,6 +74,20 @@ class _Failed:
         return True
 
 
+@dataclass
+class Sending:
+    """A batch on its way: per result, the messages acknowledged and the sends in flight."""
+
+    batch: list[EventResult | None]
+    acked: list[set[int]]
+    inflight: dict[tuple[int, int], Any]
+
+    def forget(self, i: int) -> None:
+        """Result ``i`` was dropped: its sends in flight no longer concern the batch."""
+        for key in [k for k in self.inflight if k[0] == i]:
+            del self.inflight[key]
+
+
 class Delivery:
     """Produces and commits batches for one worker (see the module docstring)."""
 
@@ -95,8 +110,25 @@ class Delivery:
     def deliver(self, results: list[EventResult]) -> list[EventResult]:
         """Produce and commit ``results``; return those committed (a refused finding replaced by
         its dead letter). Blocks until done, however long the broker is away."""
+        return self.finish(self.start(results))
+
+    def start(self, results: list[EventResult]) -> Sending:
+        """At-least-once: send ``results`` now, without waiting; :meth:`finish` waits for the
+        acknowledgements (sending again what failed) and commits. The worker finishes them
+        while the next chunk computes, so the findings are on their way meanwhile. Exactly-once:
+        nothing is sent before :meth:`finish` opens the transaction."""
         batch: list[EventResult | None] = list(results)
-        self._drop_revoked(batch)
+        sending = Sending(batch, [set() for _ in batch], {})
+        if not self.transactional:
+            self._drop_revoked(batch)
+            self._send_missing(sending)
+        return sending
+
+    def finish(self, sending: Sending) -> list[EventResult]:
+        """What :meth:`deliver` does, for results :meth:`start` may have sent already."""
+        batch = sending.batch
+        for i in self._drop_revoked(batch):
+            sending.forget(i)
         if not any(batch):
             return []
         t0 = time.perf_counter()
@@ -104,7 +136,7 @@ class Delivery:
             done = self._transaction(batch)
             produce_s, commit_s = time.perf_counter() - t0, 0.0
         else:
-            done = self._produce(batch)
+            done = self._produce(sending)
             t1 = time.perf_counter()
             if done:
                 self._commit_async(done)
@@ -127,18 +159,21 @@ class Delivery:
             self.consumer.seek(tp, offset)
 
     # -- at-least-once -------------------------------------------------------------------------
-    def _produce(self, batch: list[EventResult | None]) -> list[EventResult]:
+    def _send_missing(self, sending: Sending) -> None:
+        """Send every live message neither acknowledged nor in flight."""
+        for i, result in enumerate(sending.batch):
+            if result is None:
+                continue
+            for m in result.live_messages():
+                if m not in sending.acked[i] and (i, m) not in sending.inflight:
+                    sending.inflight[(i, m)] = self._send(result, m)
+
+    def _produce(self, sending: Sending) -> list[EventResult]:
         """Send until every message is acknowledged; each message is sent again only after it
         failed, never while the producer still holds it."""
-        acked: list[set[int]] = [set() for _ in batch]
-        inflight: dict[tuple[int, int], Any] = {}
+        batch, acked, inflight = sending.batch, sending.acked, sending.inflight
         while True:
-            for i, result in enumerate(batch):
-                if result is None:
-                    continue
-                for m in result.live_messages():
-                    if m not in acked[i] and (i, m) not in inflight:
-                        inflight[(i, m)] = self._send(result, m)
+            self._send_missing(sending)
             if not inflight:
                 return [r for r in batch if r is not None]
             self._flush()
@@ -173,8 +208,7 @@ class Delivery:
             elif inflight:
                 self.flow.idle(0.05)  # the producer still works on it: stay in the group
             for i in self._drop_revoked(batch):
-                for key in [k for k in inflight if k[0] == i]:
-                    del inflight[key]
+                sending.forget(i)
 
     # -- exactly-once --------------------------------------------------------------------------
     def _transaction(self, batch: list[EventResult | None]) -> list[EventResult]:

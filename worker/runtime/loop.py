@@ -36,7 +36,7 @@ from worker.metrics import Health, Metrics
 from worker.pipeline import Pipeline
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.chunks import ChunkSizer
-from worker.runtime.delivery import Delivery
+from worker.runtime.delivery import Delivery, Sending
 from worker.runtime.flow import FlowControl, Rebalance
 from worker.runtime.membership import STUCK_AFTER_S, MembershipWatchdog, replace_consumer
 from worker.runtime.observer import Observer, RunStats
@@ -78,8 +78,9 @@ class Worker:
         self._stop = threading.Event()
         self._compute_pool = ThreadPoolExecutor(1, thread_name_prefix="scanstream-compute")
         self._sizer = ChunkSizer(settings.chunk_target_ms / 1e3)
-        # A computed chunk's results and the revocation mark of their poll, not yet delivered.
-        self._held: tuple[list[EventResult], int] | None = None
+        # A computed chunk's results, sent and not yet finished, and the revocation mark of
+        # their poll.
+        self._held: tuple[Sending, int] | None = None
         self._mark = 0
         extra: dict[str, Any] = {}
         if settings.delivery == "exactly-once":
@@ -162,7 +163,7 @@ class Worker:
                         self._watchdog.reset()
                     if max_events is None or self.stats.consumed < max_events:
                         continue
-                self._deliver_held()  # nothing new came: what waits goes out now
+                self._finish_held()  # nothing new came: what waits goes out now
                 if max_events is not None and self.stats.consumed >= max_events:
                     break
                 if (
@@ -173,31 +174,36 @@ class Worker:
                     self._replace_stuck_consumer()
                 elif not records and drain and self._caught_up():
                     break
-            self._deliver_held()
+            self._finish_held()
         finally:
             self.close()
         return self.stats
 
     def _poll(self) -> list[Any]:
-        """One poll: at once when a chunk's results wait (they go out with the next chunk's
-        compute), else up to ``poll_timeout_ms``.
+        """One poll. Results held from the last chunk are already sent (their findings are on
+        their way); they are finished (acknowledgements waited for, offsets committed) after
+        the poll, while the next chunk computes. Exactly-once results are finished before it:
+        read_committed readers see a finding only once its transaction commits.
 
-        A revocation since the waiting chunk was polled may have reset a partition to its
+        A revocation since the held chunk was polled may have reset a partition to its
         committed offset, so the poll could repeat that chunk's records: the poll is then
-        undone (its partitions sought back to its first records) and the chunk delivered, which
-        positions partitions given back to us after it."""
-        held = self._held
-        if held is None:
+        undone (its partitions sought back to its first records) and the chunk finished, which
+        positions partitions given back to us after it. (A poll with no wait would have made
+        the overlap tighter, but kafka-python 3.0 was seen to lose its group for good when a
+        rebalance began inside ``poll(timeout_ms=0)``.)"""
+        if self.delivery.transactional:
+            self._finish_held()
+        if self._held is None:
             self.flow.new_poll()
         batch = self.consumer.poll(
-            timeout_ms=0 if held is not None else self.settings.poll_timeout_ms,
-            max_records=self.settings.max_poll_records,
+            timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records
         )
         self.health.set_ready(bool(self.consumer.assignment()))
+        held = self._held
         if held is not None and self.flow.revoked_since(held[1]):
             for tp, polled in batch.items():
                 self.consumer.seek(tp, min(r.offset for r in polled))
-            self._deliver_held()
+            self._finish_held()
             return []
         self._mark = self.flow.mark()
         return [r for recs in batch.values() for r in recs]
@@ -214,32 +220,33 @@ class Worker:
     # -- the loop body -----------------------------------------------------------------------
     def _handle(self, records: list[Any]) -> None:
         """The poll's records in chunks (:mod:`worker.runtime.chunks`), two stages deep: while
-        one chunk computes on the compute thread, the results of the one before are produced
-        and committed here; the last chunk's results wait for the next poll (an immediate one)
-        so that they, too, go out while something computes."""
+        one chunk computes on the compute thread, the results of the one before (sent as soon
+        as they were computed) are finished here; the last chunk's results are finished after
+        the next poll, with the compute of the chunk that poll brings."""
         self.observer.polled(len(records))
         self.health.set_backlog(len(records))
         mark = self._mark
         for chunk in self._sizer.split(records):
             work = self._submit(chunk)
-            self._deliver_held(in_flight=len(chunk))
+            self._finish_held(in_flight=len(chunk))
             self.flow.wait(work)
-            self._held = (work.result(), mark)
-        held = len(self._held[0]) if self._held is not None else 0
+            self.flow.delivering(mark)
+            self._held = (self.delivery.start(work.result()), mark)
+        held = len(self._held[0].batch) if self._held is not None else 0
         self.observer.lag(self.consumer, _partitions(records), in_flight=held)
 
-    def _deliver_held(self, in_flight: int = 0) -> None:
-        """Produce and commit the waiting chunk's results, if any (``in_flight``: records of
-        the chunk computing meanwhile, still waiting for health's sake)."""
+    def _finish_held(self, in_flight: int = 0) -> None:
+        """Finish the held chunk's delivery, if any (``in_flight``: records of the chunk
+        computing meanwhile, still waiting for health's sake)."""
         if self._held is None:
             return
-        results, mark = self._held
+        sending, mark = self._held
         self._held = None
         self.flow.delivering(mark)
-        committed = self.delivery.deliver(results)
+        committed = self.delivery.finish(sending)
         self.flow.resume()
         self.observer.committed(committed)
-        self.observer.lag(self.consumer, _partitions(r.record for r in results), in_flight)
+        self.observer.lag(self.consumer, _partitions(r.record for r in committed), in_flight)
 
     def _submit(self, chunk: Sequence[Any]) -> Future[list[EventResult]]:
         return self._compute_pool.submit(self._timed_compute, list(chunk))

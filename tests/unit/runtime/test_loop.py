@@ -271,11 +271,12 @@ def test_a_failed_commit_is_counted_and_confirmed_later(models: ModelSet) -> Non
     assert b'scanstream_replays_total{cause="commit"} 1.0' in worker.metrics.render()
 
 
-def test_a_chunk_goes_out_after_the_next_poll_while_the_next_chunk_computes(
+def test_a_chunk_is_sent_at_once_and_finished_after_the_next_poll(
     models: ModelSet,
 ) -> None:
-    # Two polls of one event each: the first event's finding is sent only after the second
-    # poll (an immediate one) handed the compute thread its next chunk.
+    # Two polls of one event each: the first event's finding is sent as soon as it is computed,
+    # and its acknowledgement is waited for (flush) and its offset committed after the second
+    # poll, while the compute thread has the next chunk.
     good = encode_ct(ct_slice(8, 64))
     worker, consumer, _, log = make_worker(
         models, [[record(0, good)], [record(1, good)]], settings=Settings(chunk_target_ms=20)
@@ -284,7 +285,9 @@ def test_a_chunk_goes_out_after_the_next_poll_while_the_next_chunk_computes(
     stats = worker.run(drain=True)
     assert stats.findings == 2 and consumer.committed_offsets[consumer.tp].offset == 2
     first_send = next(i for i, entry in enumerate(log) if entry.startswith("send"))
-    assert log[:first_send].count("poll") == 2
+    assert log[:first_send].count("poll") == 1
+    assert log[: log.index("flush")].count("poll") == 2
+    assert log[: log.index("commit_async")].count("poll") == 2
     assert_commits_follow_flushed_sends(log)
 
 
@@ -316,7 +319,7 @@ def test_a_rebalance_while_a_chunk_waits_undoes_the_poll_and_delivers_the_chunk_
     assert offsets == [0, 1]  # each once
     assert stats.findings == 2 and consumer.committed_offsets[consumer.tp].offset == 2
     second = [i for i, entry in enumerate(log) if entry == "poll"][1]
-    # The undone poll's records are sought back, then the held chunk (offset 0) goes out and
-    # its partition, given back to us, is positioned after it.
-    assert log[second + 1 : second + 3] == ["seek 1", "send scans.findings"]
+    # The undone poll's records are sought back, then the held chunk (offset 0, already sent)
+    # is finished and its partition, given back to us, is positioned after it.
+    assert log[second + 1 : second + 4] == ["seek 1", "flush", "commit_async"]
     assert "seek 1" in log[log.index("commit_async") :]
