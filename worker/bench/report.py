@@ -230,7 +230,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         out += [*_table(["metric", "value"], rows), ""]
     if "floor_total_ms" in result:  # a result of ``--stage imaging`` alone
         out += _imaging_lines(result)
-    for stage in ("imaging", "inference"):
+    for stage in ("imaging", "inference", "gateway"):
         nested = result.get(stage)
         if isinstance(nested, Mapping) and "floor_total_ms" in nested:
             out += _imaging_lines(nested)

@@ -260,3 +260,27 @@ def test_naive_dead_letters_what_is_not_dicom(models: ModelSet) -> None:
     topic, value, headers = producer.sent[0]
     assert topic == "d" and value == b"not a dicom file"
     assert any(k.endswith("reason") for k, _ in headers)
+
+
+def test_all_records_why_the_gateway_figures_are_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bench --stage all`` runs the gateway stage too; without dcmtk the result says why."""
+    import worker.bench.gateway as gateway
+    import worker.bench.imaging as imaging
+    import worker.bench.inference as inference
+    import worker.bench.suite as suite
+
+    def no_dcmtk() -> tuple[str, str]:
+        raise BenchError("bench --stage gateway needs dcmtk's storescu and storescp on PATH")
+
+    monkeypatch.setattr(gateway, "dcmtk_tools", no_dcmtk)
+    monkeypatch.setattr(imaging, "bench_imaging", lambda: {"total_ms_per_slice": 4.2})
+    monkeypatch.setattr(inference, "bench_inference", lambda: {"batched_img_s": 9000.0})
+    monkeypatch.setattr(suite, "bench_e2e", lambda settings, cores: dict(_result()))
+    result = run_bench("all", tmp_path)
+    assert result["gateway"] == {
+        "skipped": "bench --stage gateway needs dcmtk's storescu and storescp on PATH"
+    }
+    md = Path(result["files"]["markdown"]).read_text()
+    assert "## Gateway stage" in md and "needs dcmtk" in md
