@@ -297,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="the benchmark suite")
     p.add_argument(
-        "--stage", choices=["all", "imaging", "inference", "e2e", "gateway"], default="all"
+        "--stage",
+        choices=["all", "imaging", "inference", "e2e", "gateway", "scaling"],
+        default="all",
     )
     p.add_argument("--results", default="results")
     p.add_argument(

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -285,13 +285,27 @@ class WorkerProcess:
                 self._proc.wait()
 
 
+class Workers(Protocol):
+    """The worker(s) under test in a phase: one :class:`WorkerProcess`, or several
+    (:class:`worker.bench.scaling.WorkerGroup`)."""
+
+    @property
+    def processes(self) -> int: ...
+
+    def check(self) -> None: ...
+
+    def scrape(self) -> str: ...
+
+    def log_tail(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Phase:
     """One phase's publisher, reader and worker under test."""
 
     pub: Publisher
     reader: FindingReader
-    worker: WorkerProcess
+    worker: Workers
 
     def wait_for(self, ids: Sequence[str], timeout_s: float) -> dict[str, Arrival]:
         try:

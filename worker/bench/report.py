@@ -224,6 +224,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         out += [_STAGE_NOTE, ""]
         rows = [[name, *(means.get(k) for k in _STAGE_KEYS)] for name, means in stage_rows]
         out += [*_table(["phase", *_STAGE_KEYS], rows), ""]
+    if result.get("stage") == "scaling":
+        out += _scaling_lines(result)
     if result.get("stage") == "gateway":
         out += ["## Gateway stage: C-STORE over one association (storescu)", ""]
         rows = [[k, v] for k, v in result.items() if k not in ("stage", "command")]
@@ -238,6 +240,29 @@ def render_markdown(result: Mapping[str, Any]) -> str:
             out += [f"## {stage.capitalize()} stage", ""]
             out += [*_table(["metric", "value"], [[k, v] for k, v in nested.items()]), ""]
     return "\n".join(out)
+
+
+def _scaling_lines(result: Mapping[str, Any]) -> list[str]:
+    """Throughput by processes and the pauses of a scale-up and a scale-down."""
+    out = [f"## Scaling: processes on one topic of {result.get('partitions')} partitions", ""]
+    rows = [[r["processes"], r["img_s"], r["per_process"]] for r in result.get("throughput", [])]
+    out += [*_table(["processes", "img/s", "img/s per process"], rows), ""]
+    out += [
+        f"One process, 256x256 slices: {result.get('size256_1_process_img_s')} img/s "
+        f"(512x512: {result.get('size512_1_process_img_s')} img/s).",
+        "",
+    ]
+    rebalance = result.get("rebalance", {})
+    steady = rebalance.get("steady_latency", {})
+    out += [
+        f"Rebalances under {rebalance.get('rate_events_s')} events/s (steady latency p50 "
+        f"{steady.get('p50_ms')} ms, p99 {steady.get('p99_ms')} ms):",
+        "",
+    ]
+    changes = [(k, v) for k, v in rebalance.items() if k.startswith("scale_")]
+    rows = [[k, v["longest_gap_ms"], v["max_latency_ms"]] for k, v in changes]
+    out += [*_table(["change", "longest gap ms", "max latency ms"], rows), ""]
+    return out
 
 
 def _whole(value: Any) -> Any:

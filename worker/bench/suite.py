@@ -27,7 +27,9 @@ Stages: ``imaging`` and ``inference`` run :mod:`worker.bench.imaging` and
 :mod:`worker.bench.inference` alone; ``e2e`` the above; ``all`` everything, with the end-to-end
 keys at the top level and the two stage results under ``"imaging"`` and ``"inference"``;
 ``gateway`` (:mod:`worker.bench.gateway`) C-STORE through the gateway against dcmtk's
-storescp; ``all`` runs it too where dcmtk is installed, and otherwise records why not.
+storescp; ``all`` runs it too where dcmtk is installed, and otherwise records why not;
+``scaling`` (:mod:`worker.bench.scaling`, not part of ``all``) the sizing model of
+``deploy/kubernetes``.
 """
 
 from __future__ import annotations
@@ -340,11 +342,15 @@ def run_bench(stage: str, results_dir: Path, instances: int | None = None) -> di
         n = instances or DEFAULT_INSTANCES
         command += f" --instances {n}"
         stage_result = run_gateway_stage(Settings.from_env(), n)
+    elif stage == "scaling":
+        from worker.bench.scaling import bench_scaling
+
+        stage_result = bench_scaling(Settings.from_env())
     elif stage in ("e2e", "all"):
         stage_result = {}
     else:
         raise ValueError(
-            f"unknown bench stage {stage!r}: use all, imaging, inference, e2e or gateway"
+            f"unknown bench stage {stage!r}: use all, imaging, inference, e2e, gateway or scaling"
         )
     if stage_result:
         write_reports({**stage_result, "command": command}, results_dir, stage)
