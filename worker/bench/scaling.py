@@ -21,6 +21,7 @@ img/s of one replica x the latency budget, with the budget above the measured pa
 from __future__ import annotations
 
 import itertools
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -172,6 +173,7 @@ def bench_scaling(settings: Settings) -> dict[str, Any]:
     """Throughput per process for 1-3 processes, by image size, and the rebalance pauses."""
     from worker.bench.suite import _kafka, _say, build_workload, noise_hu_from_env
 
+    started = time.monotonic()
     noise = noise_hu_from_env()
     big, small = build_workload(noise_hu=noise), build_workload(size=256, noise_hu=noise)
     rows: list[dict[str, Any]] = []
@@ -201,6 +203,8 @@ def bench_scaling(settings: Settings) -> dict[str, Any]:
         row["per_process"] = round(row["per_process"], 2)
     return {
         "stage": "scaling",
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "wall_s": round(time.monotonic() - started, 1),
         "partitions": e2e.PARTITIONS,
         "broker": where,
         "noise_hu": noise,
