@@ -396,6 +396,34 @@ def saturate(ph: Phase, events: Sequence[Event], n: int, timeout_s: float) -> di
     }
 
 
+def send_paced(
+    ph: Phase,
+    events: Sequence[Event],
+    rate: float,
+    n: int,
+    actions: Sequence[tuple[float, str, Callable[[], None]]] = (),
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Send ``n`` events open loop at ``rate`` per second; run each ``(offset_s, name, action)``
+    when the schedule reaches its offset. Returns each event's send time by id, and each
+    action's start time by name (both ``time.time()``)."""
+    sent: dict[str, float] = {}
+    done: dict[str, float] = {}
+    pending = sorted(actions, key=lambda a: a[0])
+    start = time.monotonic() + 0.01
+    for i, offset in enumerate(pacing_schedule(rate, n)):
+        while pending and pending[0][0] <= offset:
+            _, name, action = pending.pop(0)
+            done[name] = time.time()
+            action()
+        delay = start + offset - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        event_id, sent_at = ph.pub.send(events[i % len(events)])
+        sent[event_id] = sent_at
+    ph.pub.flush()
+    return sent, done
+
+
 def paced(
     ph: Phase, events: Sequence[Event], rate: float, n: int, timeout_s: float
 ) -> dict[str, Any]:
@@ -409,15 +437,7 @@ def paced(
     finding, the reader's fetch).
     """
     before = ph.worker.scrape()
-    sent: dict[str, float] = {}
-    start = time.monotonic() + 0.01
-    for i, offset in enumerate(pacing_schedule(rate, n)):
-        delay = start + offset - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        event_id, sent_at = ph.pub.send(events[i % len(events)])
-        sent[event_id] = sent_at
-    ph.pub.flush()
+    sent, _ = send_paced(ph, events, rate, n)
     span = max(sent.values()) - min(sent.values())
     arrivals = ph.wait_for(list(sent), timeout_s)
     ok = {i: a for i, a in arrivals.items() if not a.dead}

@@ -137,21 +137,7 @@ def _paced_with_changes(
     seconds: float,
     changes: Sequence[tuple[float, str, Callable[[], None]]],
 ) -> dict[str, Any]:
-    sent: dict[str, float] = {}
-    pending = sorted(changes, key=lambda c: c[0])
-    at: dict[str, float] = {}
-    start = time.time()
-    for i, offset in enumerate(e2e.pacing_schedule(rate, int(rate * seconds))):
-        while pending and pending[0][0] <= offset:
-            _, name, action = pending.pop(0)
-            at[name] = time.time()
-            action()
-        delay = start + offset - time.time()
-        if delay > 0:
-            time.sleep(delay)
-        event_id, sent_at = ph.pub.send(events[i % len(events)])
-        sent[event_id] = sent_at
-    ph.pub.flush()
+    sent, at = e2e.send_paced(ph, events, rate, int(rate * seconds), changes)
     arrivals = ph.wait_for(list(sent), _TIMEOUT_S)
     first = min(at.values(), default=time.time())
     steady = [(a.arrived - sent[i]) * 1e3 for i, a in arrivals.items() if sent[i] < first]
