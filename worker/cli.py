@@ -120,7 +120,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from worker.contract import ScanEvent
     from worker.inference import ModelSet
-    from worker.pipeline import Pipeline
+    from worker.pipeline import Pipeline, offline_report
     from worker.runtime.publisher import iter_files
 
     settings = _settings(args)
@@ -143,7 +143,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             reason, detail = outcome.rejection.reason, outcome.rejection.detail
             print(json.dumps({"rejected": reason, "detail": detail, "path": str(path)}))
         else:
-            print(json.dumps(outcome.finding))
+            assert outcome.finding is not None
+            print(json.dumps(offline_report(outcome.finding)))
     return status
 
 

@@ -42,7 +42,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -350,4 +350,30 @@ def analyze(
     return outcome.finding
 
 
-__all__ = ["Outcome", "Pipeline", "Prepared", "analyze", "build_alerts", "build_finding"]
+#: Fields of a finding that mean nothing offline: no event was sent, so the time since a file's
+#: modification would read as a latency of hours.
+OFFLINE_OMITS: Final = ("latency_ms", "sent_at")
+
+
+def offline_report(finding: dict[str, Any]) -> dict[str, Any]:
+    """``scanstream analyze``'s line for one file: the finding without :data:`OFFLINE_OMITS`,
+    marked ``"offline": true`` (so it is not a finding.v1 document, and says why).
+
+    >>> offline_report({"event_id": "a.dcm", "latency_ms": 43417.0, "sent_at": "x"})
+    {'event_id': 'a.dcm', 'offline': True}
+    """
+    report = {k: v for k, v in finding.items() if k not in OFFLINE_OMITS}
+    report["offline"] = True
+    return report
+
+
+__all__ = [
+    "OFFLINE_OMITS",
+    "Outcome",
+    "Pipeline",
+    "Prepared",
+    "analyze",
+    "build_alerts",
+    "build_finding",
+    "offline_report",
+]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from worker.contract import validation_errors
+from worker.pipeline import OFFLINE_OMITS
 
 NO_PIXELS = [
     "rtplan.dcm",
@@ -44,7 +45,15 @@ def test_analyze_every_pydicom_file(pydicom_files: Path) -> None:
     findings = [d for d in lines if "rejected" not in d]
     assert len(findings) > 80  # every decodable image became a finding
     for finding in findings:
-        assert validation_errors("finding.v1", finding) == []
+        # Offline: no latency and no send time (a file's age is neither), and it says so.
+        assert finding["offline"] is True
+        assert not set(OFFLINE_OMITS) & set(finding)
+        errors = validation_errors(
+            "finding.v1", {k: v for k, v in finding.items() if k != "offline"}
+        )
+        assert sorted(errors) == sorted(
+            f'<root>: "{k}" is a required property' for k in OFFLINE_OMITS
+        )
 
 
 def test_unreadable_path_exits_non_zero(tmp_path: Path) -> None:
