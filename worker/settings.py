@@ -359,6 +359,7 @@ OTHER_VARIABLES: Final = (
     "SCANSTREAM_BROKER_DIR",
     "SCANSTREAM_CACHE",
     "SCANSTREAM_BENCH_NOISE_HU",  # worker/bench/suite.py: the benchmark's CT noise level
+    "SCANSTREAM_BROKER_FETCH",  # worker/broker.py: how the broker's jars are fetched (direct|maven)
     *(f"SCANSTREAM_{name.upper()}_FILE" for name in FILE_SECRETS),
 )
 
