@@ -119,7 +119,13 @@ class Worker:
         self._watchdog = (
             MembershipWatchdog(settings.events_topic, STUCK_AFTER_S) if consumer_factory else None
         )
-        self._subscribe()
+        try:
+            self._subscribe()
+        except BaseException:  # e.g. not authorised to Describe the topic: close both clients
+            self.consumer.close()
+            self.producer.close(timeout=0)
+            self._compute_pool.shutdown()
+            raise
 
     def _subscribe(self) -> None:
         # Fetch the topic's metadata before joining: a group leader without it assigns nothing
