@@ -1,4 +1,4 @@
-"""The ``scanstream`` command: run, publish, analyze, demo, broker, models, train, bench.
+"""The ``scanstream`` command: run, publish, analyze, demo, report, broker, models, train, bench.
 
 Every subcommand reads its settings once (environment ``SCANSTREAM_*``/``KAFKA_BOOTSTRAP_SERVERS``
 plus the flags given here) and fails fast, with exit code 2 and one line that says what to fix,
@@ -151,7 +151,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from worker.demo import run_demo
 
-    return run_demo(_settings(args), timeout_s=args.timeout)
+    return run_demo(_settings(args), timeout_s=args.timeout, report=args.report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from worker.report.topic import run_report
+
+    print(f"report: {run_report(_settings(args), args.last, args.out)}")
+    return 0
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -268,7 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="local broker + worker + pydicom samples, end to end")
     kafka_flags(p)
     p.add_argument("--timeout", type=float, default=150.0)
+    p.add_argument("--report", default="results/demo.html", help="where the HTML page goes")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="the last findings of the findings topic as an HTML page")
+    kafka_flags(p)
+    p.add_argument("--last", type=_positive_int, default=50, help="how many findings (default 50)")
+    p.add_argument("--out", default="results/report.html", help="where the page goes")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("broker", help="the local Apache Kafka (KRaft) for development and tests")
     p.add_argument("action", choices=["start", "stop", "status", "fetch"])

@@ -3,7 +3,8 @@
 Starts the local Kafka broker unless one is configured, starts a worker (in this process, its
 own consumer group), publishes real DICOM samples bundled with pydicom plus two synthetic CT
 phantoms (one with a lesion, to show an alert), prints each finding or dead letter with its
-end-to-end latency as it arrives; then sends two of the samples through the C-STORE gateway
+end-to-end latency as it arrives, and writes them as a page you can look at (``results/demo.html``,
+:mod:`worker.report`); then sends two of the samples through the C-STORE gateway
 with a real DICOM client (:mod:`worker.demo_gateway`) and shows their findings too; then stops
 everything it started. Exit code 0 means every published event came back as exactly one finding
 or dead letter, and every instance sent to the gateway was stored and answered.
@@ -66,7 +67,9 @@ def demo_events() -> list[tuple[str, bytes]]:
     return events
 
 
-def run_demo(settings: Settings, timeout_s: float = 150.0) -> int:
+def run_demo(
+    settings: Settings, timeout_s: float = 150.0, report: str | Path = "results/demo.html"
+) -> int:
     t_start = time.monotonic()
     started_broker = False
     if settings.bootstrap_servers:
@@ -86,7 +89,7 @@ def run_demo(settings: Settings, timeout_s: float = 150.0) -> int:
         thread = threading.Thread(target=worker.run, name="worker", daemon=True)
         thread.start()
         try:
-            code = _publish_and_watch(settings, bootstrap, health, timeout_s, t_start)
+            code = _publish_and_watch(settings, bootstrap, health, timeout_s, t_start, report)
             from worker.demo_gateway import gateway_leg
 
             # Its own time budget: the first leg may have used most of timeout_s already.
@@ -101,7 +104,12 @@ def run_demo(settings: Settings, timeout_s: float = 150.0) -> int:
 
 
 def _publish_and_watch(
-    settings: Settings, bootstrap: str, health: Health, timeout_s: float, t_start: float
+    settings: Settings,
+    bootstrap: str,
+    health: Health,
+    timeout_s: float,
+    t_start: float,
+    report: str | Path,
 ) -> int:
     deadline = time.monotonic() + timeout_s
     while not health.ready():
@@ -123,6 +131,8 @@ def _publish_and_watch(
         watcher.position(tp)  # resolve "end" now, before anything is published
     producer = kafka_clients.producer(bootstrap, settings)
     pending: dict[str, str] = {}
+    sent: dict[str, bytes] = {}  # the bytes of each event, for the report's pictures
+    found: dict[str, dict[str, Any]] = {}
     for name, data in demo_events():
         event_id = str(uuid.uuid4())
         producer.send(
@@ -132,6 +142,7 @@ def _publish_and_watch(
             headers=event_headers(event_id, time.time(), "application/dicom"),
         )
         pending[event_id] = name
+        sent[event_id] = data
     producer.flush()
     producer.close()
     total = len(pending)
@@ -154,7 +165,7 @@ def _publish_and_watch(
                         f"{names.get(alert['event_id'], alert['event_id'])}"
                     )
                 else:
-                    findings += _show(record, tp.topic == settings.dlq_topic, pending)
+                    findings += _show(record, tp.topic == settings.dlq_topic, pending, found)
     watcher.close()
     if alerts:
         print(
@@ -169,13 +180,19 @@ def _publish_and_watch(
         f"\n{total - len(pending)}/{total} events answered: {findings} findings, "
         f"{total - len(pending) - findings} dead letters, in {elapsed:.1f} s"
     )
+    from worker.report import write_demo_report
+
+    samples = [(names[e], sent[e], found[e]) for e in names if e in found]
+    print(f"report: {write_demo_report(samples, report)}")
     if pending:
         print("no answer for: " + ", ".join(sorted(pending.values())))
         return 1
     return 0
 
 
-def _show(record: object, dead: bool, pending: dict[str, str]) -> int:
+def _show(
+    record: object, dead: bool, pending: dict[str, str], found: dict[str, dict[str, Any]]
+) -> int:
     headers = dict(record.headers or [])  # type: ignore[attr-defined]
     if dead:
         event_id = headers.get("event-id", b"").decode()
@@ -188,6 +205,7 @@ def _show(record: object, dead: bool, pending: dict[str, str]) -> int:
     if name is None:
         return 0
     show_finding(name, finding)
+    found[finding["event_id"]] = finding
     return 1
 
 
