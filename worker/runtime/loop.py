@@ -5,10 +5,11 @@ Each poll takes at most ``max_poll_records`` events. They are computed, in chunk
 the pipeline (:class:`worker.pipeline.Pipeline`, the same composition ``analyze`` and the
 benchmark use) while the loop keeps the consumer in its group (:mod:`worker.runtime.flow`);
 every event ends in one finding or one dead letter, which the delivery
-(:mod:`worker.runtime.delivery`) produces and commits, chunk by chunk while the next chunk
-computes, before the next poll; the observer
+(:mod:`worker.runtime.delivery`) sends as soon as a chunk is computed and commits while the
+next chunk computes (a poll's last chunk, after the next poll); the observer
 (:mod:`worker.runtime.observer`) counts and logs them once committed. In-flight work is thus
-bounded by ``max_poll_records``, and a crash replays rather than loses events.
+bounded by ``max_poll_records`` plus one computed chunk, and a crash replays rather than loses
+events.
 
 Shutdown: SIGTERM/SIGINT stop polling; the current batch is finished, produced and committed,
 then the consumer leaves the group. ``drain=True`` exits once the whole group has committed
@@ -81,7 +82,6 @@ class Worker:
         # A computed chunk's results, sent and not yet finished, and the revocation mark of
         # their poll.
         self._held: tuple[Sending, int] | None = None
-        self._mark = 0
         extra: dict[str, Any] = {}
         if settings.delivery == "exactly-once":
             # A stable worker id (e.g. the pod name) lets a restarted worker fence its crashed
@@ -162,33 +162,30 @@ class Worker:
         try:
             while not self._stop.is_set():
                 self.health.beat()
-                records = self._poll()
+                records, mark = self._poll()
                 if records:
-                    self._handle(records)
+                    self._handle(records, mark)
                     if self._watchdog is not None:
                         self._watchdog.reset()
-                    if max_events is None or self.stats.consumed < max_events:
-                        continue
-                self._finish_held()  # nothing new came: what waits goes out now
+                else:
+                    self._finish_held()  # nothing new came: what waits goes out now
+                    if self._watchdog is not None and self._watchdog.stuck(self.consumer):
+                        self._replace_stuck_consumer()
+                    elif drain and self._caught_up():
+                        break
                 if max_events is not None and self.stats.consumed >= max_events:
-                    break
-                if (
-                    not records
-                    and self._watchdog is not None
-                    and self._watchdog.stuck(self.consumer)
-                ):
-                    self._replace_stuck_consumer()
-                elif not records and drain and self._caught_up():
                     break
             self._finish_held()
         finally:
             self.close()
         return self.stats
 
-    def _poll(self) -> list[Any]:
-        """One poll. Results held from the last chunk are already sent (their findings are on
-        their way); they are finished (acknowledgements waited for, offsets committed) after
-        the poll, while the next chunk computes. Exactly-once results are finished before it:
+    def _poll(self) -> tuple[list[Any], int]:
+        """One poll: its records and the flow's revocation mark when they came.
+
+        Results held from the last chunk are already sent (their findings are on their way);
+        they are finished (acknowledgements waited for, offsets committed) after the poll, while
+        the next chunk computes. Exactly-once results are finished before it:
         read_committed readers see a finding only once its transaction commits.
 
         A revocation since the held chunk was polled may have reset a partition to its
@@ -210,9 +207,8 @@ class Worker:
             for tp, polled in batch.items():
                 self.consumer.seek(tp, min(r.offset for r in polled))
             self._finish_held()
-            return []
-        self._mark = self.flow.mark()
-        return [r for recs in batch.values() for r in recs]
+            return [], self.flow.mark()
+        return [r for recs in batch.values() for r in recs], self.flow.mark()
 
     def close(self) -> None:
         self.health.set_ready(False)
@@ -224,14 +220,13 @@ class Worker:
             self.producer.close(timeout=self.settings.grace_period_s)
 
     # -- the loop body -----------------------------------------------------------------------
-    def _handle(self, records: list[Any]) -> None:
+    def _handle(self, records: list[Any], mark: int) -> None:
         """The poll's records in chunks (:mod:`worker.runtime.chunks`), two stages deep: while
         one chunk computes on the compute thread, the results of the one before (sent as soon
         as they were computed) are finished here; the last chunk's results are finished after
         the next poll, with the compute of the chunk that poll brings."""
         self.observer.polled(len(records))
         self.health.set_backlog(len(records))
-        mark = self._mark
         for chunk in self._sizer.split(records):
             work = self._submit(chunk)
             self._finish_held(in_flight=len(chunk))
