@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,47 @@ def test_metadata_carries_no_patient_identity_in_repr() -> None:
     inst = decode(encode_ct(ct_slice(1, 32)))
     assert inst.meta.patient_id is not None
     assert "PHANTOM" not in repr(inst.meta)
+
+
+def test_the_float32_rescale_equals_pydicoms_on_every_real_file(pydicom_files: Path) -> None:
+    """The fast path (slope 1, integer intercept) must give pydicom's float64 values exactly."""
+    from pydicom.pixels.processing import apply_rescale
+
+    from worker.dicom import _rescale
+
+    compared = 0
+    for path in sorted(pydicom_files.rglob("*")):
+        try:
+            with warnings.catch_warnings():  # pydicom's warnings about odd files are not ours
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path)
+                arr = ds.pixel_array
+        except Exception:  # noqa: BLE001 - not every test file is a decodable image
+            continue
+        if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+            continue
+        expected = np.asarray(apply_rescale(arr, ds), np.float32)
+        # decode() stores float32 either way: compare what it would store.
+        assert np.array_equal(np.asarray(_rescale(arr, ds), np.float32), expected), path.name
+        compared += 1
+    assert compared >= 10  # pydicom's CT and MR samples: 17 at the time of writing
+
+
+@pytest.mark.parametrize(
+    ("slope", "intercept", "fast"),
+    [("1", "-1024", True), ("1.0", "0", True), ("0.5", "-1024", False), ("1", "-1024.5", False)],
+)
+def test_the_rescale_takes_the_float32_path_only_where_exact(
+    slope: str, intercept: str, fast: bool
+) -> None:
+    from pydicom.dataset import Dataset
+
+    from worker.dicom import _rescale
+
+    ds = Dataset()
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    stored = np.array([[0, 1, 4095, 65535]], np.uint16)
+    out = _rescale(stored, ds)
+    assert (out.dtype == np.float32) is fast  # pydicom's own path returns float64
+    expected = stored.astype(np.float64) * float(slope) + float(intercept)
+    assert np.array_equal(np.asarray(out, np.float64), expected)

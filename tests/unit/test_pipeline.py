@@ -9,6 +9,7 @@ import json
 import pathlib
 import warnings
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -201,3 +202,14 @@ def test_thumbnail_name_comes_from_a_hash_never_from_the_dicom(
     with pytest.raises(Rejection, match="integrity_error"):
         analyze(ScanEvent("e2", 0.0, data=buf.getvalue()), models, settings)
     assert len([p for p in tmp_path.rglob("*") if p.is_file()]) == 1
+
+
+def test_frame_stats_match_numpy() -> None:
+    from worker.pipeline import frame_stats
+
+    rng = np.random.default_rng(3)
+    frames = rng.normal(40.0, 25.0, (3, 64, 48)).astype(np.float32)
+    stats = frame_stats(frames)
+    assert stats["min"] == float(frames.min()) and stats["max"] == float(frames.max())
+    assert stats["mean"] == pytest.approx(float(frames.mean(dtype=np.float64)), rel=1e-12)
+    assert stats["std"] == pytest.approx(float(frames.std(dtype=np.float64)), rel=1e-9)
