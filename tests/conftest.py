@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +63,10 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield info.bootstrap
     finally:
+        # The broker's own log outlives its data (stop removes that), beside the other test
+        # folders pytest keeps, so that a failure that looks like the broker's can be read.
+        with contextlib.suppress(OSError):
+            shutil.copy2(Path(info.data_dir, "server.log"), state.parent / f"{state.name}.log")
         broker.stop(state_dir=state)
 
 
