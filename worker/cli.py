@@ -84,6 +84,7 @@ def cmd_acls(args: argparse.Namespace) -> int:
         "publisher": acls.publisher_grants,
         "gateway": acls.gateway_grants,
         "reader": acls.reader_grants,
+        "dead-letters": acls.dead_letter_grants,
         "export": acls.export_grants,
         "summarize": acls.summarize_grants,
     }
@@ -108,7 +109,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     bootstrap, _ = kafka_clients.resolve_bootstrap(settings, start_local=False)
-    kafka_clients.ensure_topics(bootstrap, settings)
+    # Only the topic it writes: a publisher may not even Describe the worker's output topics.
+    kafka_clients.ensure_topics(bootstrap, settings, only=(settings.events_topic,))
     sent = publish_files(args.paths, bootstrap, settings, reference=args.reference)
     print(f"published {len(sent)} event(s) to {settings.events_topic} at {bootstrap}")
     if args.reference and sent:  # the worker is another process: it must allow these folders
@@ -294,9 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("acls", help="print the Kafka ACLs a role needs with these settings")
-    p.add_argument(
-        "role", choices=["worker", "gateway", "publisher", "reader", "export", "summarize"]
-    )
+    roles = ["worker", "gateway", "publisher", "reader", "dead-letters", "export", "summarize"]
+    p.add_argument("role", choices=roles)
     p.add_argument("--principal", default="User:scanstream")
     p.set_defaults(func=cmd_acls)
 

@@ -104,7 +104,8 @@ class Metrics:
         r = self.registry
         self._e2e = Histogram(
             "scanstream_e2e_latency_seconds",
-            "Seconds from an event's sent-at (or record timestamp) to its finding being built.",
+            "Seconds from an event's sent-at (or record timestamp) to its finding acknowledged "
+            "and committed.",
             buckets=E2E_BUCKETS,
             registry=r,
         )

@@ -307,7 +307,7 @@ class Settings:
             if from_file is not None:
                 values[name] = from_file
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("pseudonym_key", *FILE_SECRETS):
+        for name in FILE_SECRETS:
             if isinstance(values.get(name), str):
                 values[name] = Secret(values[name])
         for name in ("reference_allow", "gateway_allowed_callers"):
@@ -351,7 +351,13 @@ class Settings:
 
 # Secrets that may come from a file instead (Kubernetes mounts secrets as files): the variable
 # SCANSTREAM_<FIELD>_FILE names the file, whose content (one trailing newline dropped) is used.
-FILE_SECRETS: Final = ("reference_auth", "sasl_password", "gateway_http_auth", "export_auth")
+FILE_SECRETS: Final = (
+    "reference_auth",
+    "sasl_password",
+    "gateway_http_auth",
+    "export_auth",
+    "pseudonym_key",
+)
 
 # SCANSTREAM_* variables that are not settings fields but belong to the project: where the local
 # broker keeps its state and jars (worker/broker.py), and the _FILE variants above.
@@ -414,7 +420,7 @@ def _parse(name: str, key: str, raw: str, annotation: Any) -> Any:
     text = str(annotation)
     if name == "alert_rules":
         return tuple(AlertRule.parse(part) for part in raw.split(",") if part.strip())
-    if name in ("pseudonym_key", *FILE_SECRETS):
+    if name in FILE_SECRETS:
         return Secret(raw)
     if name in ("reference_allow", "gateway_allowed_callers"):
         return _split(raw)

@@ -106,7 +106,10 @@ class Gateway:
 def run_gateway(settings: Settings) -> int:
     bootstrap, _ = kafka_clients.resolve_bootstrap(settings, start_local=True)
     kafka_clients.wait_for_broker(bootstrap, settings)
-    kafka_clients.ensure_topics(bootstrap, settings, also=(settings.studies_topic,))
+    # Only the topics it writes: the gateway's principal need not Describe the worker's outputs.
+    kafka_clients.ensure_topics(
+        bootstrap, settings, only=(settings.events_topic, settings.studies_topic)
+    )
     gateway = Gateway(settings, bootstrap)
     port = gateway.start()
     stopped = threading.Event()

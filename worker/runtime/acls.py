@@ -81,17 +81,19 @@ def worker_grants(settings: Settings) -> list[Grant]:
 
 
 def publisher_grants(settings: Settings) -> list[Grant]:
-    return [Grant("topic", settings.events_topic, "Write")]
+    """``scanstream publish``: Write on the events topic (Create too, if it creates it)."""
+    grants = [Grant("topic", settings.events_topic, "Write")]
+    if settings.create_topics:
+        grants.append(Grant("topic", settings.events_topic, "Create"))
+    return grants
 
 
 def gateway_grants(settings: Settings) -> list[Grant]:
     """The gateway: Write on the events and studies topics (Create too, if it creates them)."""
-    grants = [
-        Grant("topic", settings.events_topic, "Write"),
-        Grant("topic", settings.studies_topic, "Write"),
-    ]
+    topics = (settings.events_topic, settings.studies_topic)
+    grants = [Grant("topic", t, "Write") for t in topics]
     if settings.create_topics:
-        grants.append(Grant("topic", settings.studies_topic, "Create"))
+        grants += [Grant("topic", t, "Create") for t in topics]
     return grants
 
 
@@ -129,11 +131,16 @@ def summarize_grants(settings: Settings) -> list[Grant]:
 
 
 def reader_grants(settings: Settings) -> list[Grant]:
-    """Reading every result topic by assignment (the demo's watcher), no group."""
-    return [
-        Grant("topic", t, "Read")
-        for t in (settings.findings_topic, settings.alerts_topic, settings.dlq_topic)
-    ]
+    """A reader of results (``scanstream report``, an alerting service reading by assignment):
+    Read on the findings and alerts topics. A reader in a consumer group also needs Read on
+    that group, which only its operator can name."""
+    return [Grant("topic", t, "Read") for t in (settings.findings_topic, settings.alerts_topic)]
+
+
+def dead_letter_grants(settings: Settings) -> list[Grant]:
+    """Whoever handles dead letters: Read on the dead-letter topic, which holds the original
+    records (and so their patient data), kept apart from :func:`reader_grants` for that reason."""
+    return [Grant("topic", settings.dlq_topic, "Read")]
 
 
 def to_acl(grant: Grant, principal: str) -> Any:
@@ -182,7 +189,8 @@ def check_access(admin: Any, settings: Settings) -> None:
     allowed and this passes.
     """
     needed: dict[str, str] = {settings.events_topic: "READ"}
-    for topic in (settings.findings_topic, settings.alerts_topic, settings.dlq_topic):
+    outputs = (settings.findings_topic, settings.alerts_topic, settings.dlq_topic)
+    for topic in (*outputs, *([settings.sr_topic] if settings.sr_topic else [])):
         needed[topic] = "WRITE"
     missing = []
     from kafka import errors as kafka_errors
@@ -239,6 +247,7 @@ def provision_local(bootstrap: str, setup: Any) -> None:
         *worker_grants(base.replace(delivery="exactly-once")),
         *publisher_grants(base),
         *reader_grants(base),
+        *dead_letter_grants(base),
         Grant("group", f"{base.group_id}-demo-", "Read", True),
         Grant("transactional-id", "scanstream-", "Write", True),
     ]

@@ -242,7 +242,28 @@ def test_check_access_does_not_fail_without_a_group_answer(answer: Any) -> None:
     check_access(FakeAdmin(group=answer), Settings())
 
 
+def test_check_access_asks_for_write_on_the_sr_topic_when_srs_are_on() -> None:
+    s = Settings(sr_topic="scans.sr")
+    assert _missing(FakeAdmin({"scans.sr": ["READ"]}), s) == "Write on topic scans.sr"
+    check_access(FakeAdmin({"scans.sr": ["WRITE"]}), s)
+
+
 def test_other_role_grants() -> None:
-    s = Settings()
+    s = Settings(create_topics=False)
     assert acls.publisher_grants(s) == [Grant("topic", "scans.events", "Write")]
-    assert acls.reader_grants(s) == [Grant("topic", t, "Read") for t in TOPICS[1:]]
+    assert acls.gateway_grants(s) == [
+        Grant("topic", "scans.events", "Write"),
+        Grant("topic", "scans.studies", "Write"),
+    ]
+    # Results readers never see the dead letters (the original records, with patient data).
+    assert acls.reader_grants(s) == [
+        Grant("topic", "scans.findings", "Read"),
+        Grant("topic", "scans.alerts", "Read"),
+    ]
+    assert acls.dead_letter_grants(s) == [Grant("topic", "scans.dlq", "Read")]
+    creating = Settings(create_topics=True)
+    assert Grant("topic", "scans.events", "Create") in acls.publisher_grants(creating)
+    assert {g for g in acls.gateway_grants(creating) if g.operation == "Create"} == {
+        Grant("topic", "scans.events", "Create"),
+        Grant("topic", "scans.studies", "Create"),
+    }
