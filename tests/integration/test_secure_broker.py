@@ -35,7 +35,6 @@ from worker.errors import BrokerError
 from worker.inference import ModelSet
 from worker.runtime import acls
 from worker.runtime import kafka as kafka_clients
-from worker.runtime.publisher import publish_files
 from worker.runtime.service import start_worker
 from worker.settings import Settings
 
@@ -171,7 +170,7 @@ def test_worker_and_publisher_work_over_sasl_ssl_with_only_their_documented_acls
     ns = _namespace(secure)
     worker_env, publisher_env = secure.user(f"worker-{ns}"), secure.user(f"publisher-{ns}")
     settings = _worker_settings(worker_env, ns)
-    publisher = Settings.from_env(publisher_env).namespaced(ns)
+    publisher = Settings.from_env(publisher_env, create_topics=False).namespaced(ns)
     _set_acls(secure, f"User:worker-{ns}", acls.worker_grants(settings))
     _set_acls(secure, f"User:publisher-{ns}", acls.publisher_grants(publisher))
     assert _acls_of(secure, f"User:worker-{ns}") == {
@@ -181,10 +180,22 @@ def test_worker_and_publisher_work_over_sasl_ssl_with_only_their_documented_acls
         ("TOPIC", f"{ns}.alerts", "LITERAL", "WRITE"),
         ("TOPIC", f"{ns}.dlq", "LITERAL", "WRITE"),
     }
+    assert _acls_of(secure, f"User:publisher-{ns}") == {
+        ("TOPIC", f"{ns}.events", "LITERAL", "WRITE")
+    }
     with worker_thread(settings.replace(bootstrap_servers=secure.bootstrap)):
-        sent = publish_files([pydicom_files / n for n in GOOD], secure.bootstrap, publisher)
+        # The real command, as the publisher principal with Write on the events topic alone: it
+        # checks only the topic it writes (it may not Describe the worker's outputs).
+        env = {**publisher_env, "SCANSTREAM_EVENTS_TOPIC": publisher.events_topic}
+        code, out, _ = _run_cli(
+            {**env, "SCANSTREAM_CREATE_TOPICS": "false"},
+            "publish",
+            *(str(pydicom_files / n) for n in GOOD),
+        )
+        assert code == 0, out
+        assert f"published 2 event(s) to {publisher.events_topic}" in out
         got = collect(secure.admin.namespaced(ns).replace(bootstrap_servers=secure.bootstrap), 2)
-    assert len(got.findings) == len(sent) == 2 and got.dead_letters == []
+    assert len(got.findings) == 2 and got.dead_letters == []
 
 
 @pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
