@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -191,3 +192,45 @@ def test_the_rescale_takes_the_float32_path_only_where_exact(
     assert (out.dtype == np.float32) is fast  # pydicom's own path returns float64
     expected = stored.astype(np.float64) * float(slope) + float(intercept)
     assert np.array_equal(np.asarray(out, np.float64), expected)
+
+
+def test_the_native_pixel_view_decodes_as_pydicom_does(
+    pydicom_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every real file that takes the fast path (uncompressed little-endian 16-bit greyscale)
+    decodes to the same frames and metadata, or the same rejection, as through pixel_array."""
+    import worker.dicom as dicom
+
+    native = dicom._native_pixels
+    taken: list[bool] = []
+
+    def spy(*args: Any) -> Any:
+        out = native(*args)
+        taken.append(out is not None)
+        return out
+
+    def outcome(data: bytes) -> tuple[Any, ...]:
+        try:
+            result = decode(data)
+        except Rejection as exc:
+            return ("rejected", exc.reason)
+        return ("decoded", result.frames, result.meta)
+
+    compared = 0
+    for path in sorted(p for p in pydicom_files.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        taken.clear()
+        monkeypatch.setattr(dicom, "_native_pixels", spy)
+        fast = outcome(data)
+        if not any(taken):
+            continue
+        monkeypatch.setattr(dicom, "_native_pixels", lambda *args: None)
+        slow = outcome(data)
+        assert fast[:1] == slow[:1], path.name
+        if fast[0] == "decoded":
+            assert fast[1].dtype == slow[1].dtype and np.array_equal(fast[1], slow[1]), path.name
+            assert fast[2] == slow[2], path.name
+        else:
+            assert fast == slow, path.name
+        compared += 1
+    assert compared >= 20  # 36 of pydicom's test files at the time of writing

@@ -13,13 +13,21 @@ stage's floor (the bare library call for it) and the textbook recipe. Per slice 
 an order rotated slice by slice, so that neither the cache a predecessor warmed nor a burst of
 load from elsewhere favours one of them. Reported: ``floor_<stage>_ms``, ``floor_total_ms``,
 ``ratio_to_floor_<stage>`` and ``ratio_to_floor`` (ours / floors), ``recipe_<step>_ms``,
-``recipe_ms_per_slice`` and ``ratio_to_recipe`` (ours / recipe). All times are means over all
+``recipe_ms_per_slice`` and ``ratio_to_recipe`` (ours / recipe).
+
+Decoding is timed beside them, on each distinct slice encoded as a Part 10 CT image
+(:func:`worker.phantoms.encode_ct`, uncompressed): ``decode_bytes_ms`` is
+:func:`worker.dicom.decode` (parse, the checks on the header, pixels, the rescale to float32 HU,
+the integrity check), ``decode_floor_ms`` the bare steps to the same array
+(``pydicom.dcmread``, ``np.frombuffer`` of the pixel bytes, the float32 rescale) and
+``decode_ratio_to_floor`` their ratio. It stands apart from the total, which starts from the
+stored pixels (its ``to_float`` is the decoder's rescale alone). All times are means over all
 slices after one warm-up pass; targets (ours within 2x of the floors, at most the recipe) are
 reported by :mod:`worker.bench.report`, never asserted.
 
 >>> r = bench_imaging(n_slices=2, size=64)
 >>> r["slices"], r["noise_hu"], sorted(k for k in r if k.endswith("_ms"))[:2]
-(2.0, 25.0, ['canny_ms', 'features_ms'])
+(2.0, 25.0, ['canny_ms', 'decode_bytes_ms'])
 >>> abs(r["total_ms_per_slice"] - sum(r[f"{s}_ms"] for s in ("to_float", *STAGES))) < 1e-6
 True
 >>> abs(r["ratio_to_floor"] - r["total_ms_per_slice"] / r["floor_total_ms"]) < 1e-9
@@ -28,6 +36,7 @@ True
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from typing import Final
@@ -35,10 +44,12 @@ from typing import Final
 import cv2
 import numpy as np
 import numpy.typing as npt
+import pydicom
 
 from worker.bench.baselines import RECIPE_STEPS, floor_ms, recipe_ms
+from worker.dicom import decode
 from worker.imaging import STAGES, ImagingConfig, analyze_frame_stages
-from worker.phantoms import ct_slice
+from worker.phantoms import ct_slice, encode_ct
 
 #: Distinct phantoms generated (then cycled): enough that the working set overflows the caches.
 _DISTINCT: Final = 16
@@ -120,7 +131,38 @@ def bench_imaging(
     result.update({f"recipe_{n}_ms": recipe[n] for n in RECIPE_STEPS})
     result["recipe_ms_per_slice"] = recipe_total = sum(recipe.values())
     result["ratio_to_recipe"] = _ratio(total, recipe_total)
+    ours_decode, floor_decode = _decode_ms(n_slices, stored)
+    result["decode_bytes_ms"] = ours_decode
+    result["decode_floor_ms"] = floor_decode
+    result["decode_ratio_to_floor"] = _ratio(ours_decode, floor_decode)
     return result
+
+
+def _decode_ms(n: int, stored: list[npt.NDArray[np.uint16]]) -> tuple[float, float]:
+    """Mean ms per slice of :func:`worker.dicom.decode` and of its floor, alternating first."""
+    encoded = [
+        encode_ct(s.astype(np.float32) + np.float32(_INTERCEPT), instance=i + 1)
+        for i, s in enumerate(stored)
+    ]
+    runs = (lambda data: decode(data), _bare_decode)
+    for data in encoded:  # warm-up
+        for run in runs:
+            run(data)
+    totals = [0.0, 0.0]
+    for i in range(n):
+        data = encoded[i % len(encoded)]
+        for k in (i % 2, 1 - i % 2):
+            t0 = time.perf_counter()
+            runs[k](data)
+            totals[k] += time.perf_counter() - t0
+    return totals[0] / n * 1e3, totals[1] / n * 1e3
+
+
+def _bare_decode(data: bytes) -> npt.NDArray[np.float32]:
+    """The floor of decoding an uncompressed 16-bit slice: parse, view the pixels, rescale."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    stored = np.frombuffer(ds.PixelData, np.uint16).reshape(int(ds.Rows), int(ds.Columns))
+    return np.add(stored, np.float32(float(ds.RescaleIntercept)), dtype=np.float32)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m worker.bench.imaging

@@ -303,6 +303,14 @@ def _imaging_lines(result: Mapping[str, Any]) -> list[str]:
         "",
     ]
     out += [*_table(["stage", "ours ms", "floor ms", "ours / floor", "recipe ms"], rows), ""]
+    if "decode_bytes_ms" in result:
+        out += [
+            f"Decode (Part 10 bytes to float32 HU; apart from the total, whose to_float is the "
+            f"rescale alone): ours {_fmt(result.get('decode_bytes_ms'))} ms, floor "
+            f"{_fmt(result.get('decode_floor_ms'))} ms (dcmread, a view of the pixel bytes, "
+            f"the rescale), {_fmt(result.get('decode_ratio_to_floor'))}x.",
+            "",
+        ]
     for key, label in (("ratio_to_floor", "floors"), ("ratio_to_recipe", "recipe")):
         value, target = result.get(key), IMAGING_TARGETS[key]
         met = "n/a"

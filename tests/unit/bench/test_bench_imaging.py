@@ -68,6 +68,7 @@ def test_workload_is_reported_and_the_keys_are_exactly_these(result: dict[str, f
     for name in OURS:
         expected |= {f"{name}_ms", f"floor_{name}_ms", f"ratio_to_floor_{name}"}
     expected |= {f"recipe_{n}_ms" for n in RECIPE_STEPS}
+    expected |= {"decode_bytes_ms", "decode_floor_ms", "decode_ratio_to_floor"}
     assert set(result) == expected
     assert json.loads(json.dumps(result)) == result  # one JSON document, as the CLI writes it
 
