@@ -37,7 +37,13 @@ import worker
 from worker.errors import REASONS
 from worker.inference.domain import REASONS as DOMAIN_PARTS
 
+#: Per-event stages, and two waits before them: ``arrival`` (the event's sent-at, or record
+#: timestamp, to the poll that returned it: the producer, the broker, the fetch, and any time the
+#: loop was busy and not polling) and ``queue`` (that poll's return to the start of the compute
+#: of the event's chunk). Their sum and the compute stages make up the finding's latency_ms.
 STAGES: Final[tuple[str, ...]] = (
+    "arrival",
+    "queue",
     "fetch",
     "decode",
     "filter",

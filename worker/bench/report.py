@@ -98,6 +98,53 @@ def stage_means(before: str, after: str) -> dict[str, float]:
     # decode is observed once per event, produce once per polled batch.
     if counts.get("decode") and counts.get("produce"):
         out["events_per_poll"] = round(counts["decode"] / counts["produce"], 3)
+    for stage in WAIT_STAGES:
+        p99 = stage_quantile(before, after, stage, 0.99)
+        if p99 is not None:
+            out[f"{stage}_p99_ms"] = round(p99 * 1e3, 3)
+    return out
+
+
+#: The waits before compute the worker observes per event (see worker.metrics.STAGES).
+WAIT_STAGES: Final = ("arrival", "queue")
+_BUCKET = re.compile(
+    r'^scanstream_stage_duration_seconds_bucket\{(?=[^}]*stage="(\w+)")(?=[^}]*le="([^"]+)")[^}]*\}'
+    r" (\S+)$"
+)
+
+
+def stage_quantile(before: str, after: str, stage: str, q: float) -> float | None:
+    """The ``q`` quantile (seconds) of one stage's observations between two scrapes, estimated
+    from the histogram's buckets as Prometheus' ``histogram_quantile`` does (linear within the
+    bucket); None without observations. Coarse: only as fine as the buckets around it.
+
+    >>> line = 'scanstream_stage_duration_seconds_bucket{{stage="queue",le="{}"}} {}'.format
+    >>> after = "\\n".join([line("0.01", 90), line("0.025", 100), line("+Inf", 100)])
+    >>> round(stage_quantile("", after, "queue", 0.95), 4)
+    0.0175
+    """
+    old, new = _buckets(before, stage), _buckets(after, stage)
+    counts = [(le, n - old.get(le, 0.0)) for le, n in sorted(new.items())]
+    if not counts or counts[-1][1] <= 0:
+        return None
+    rank = q * counts[-1][1]
+    lower_le, lower_n = 0.0, 0.0
+    for le, n in counts:
+        if n >= rank:
+            if math.isinf(le):
+                return lower_le  # beyond the last finite bucket: its bound, as Prometheus does
+            width = n - lower_n
+            return lower_le + (le - lower_le) * ((rank - lower_n) / width if width else 1.0)
+        lower_le, lower_n = le, n
+    return None
+
+
+def _buckets(text: str, stage: str) -> dict[float, float]:
+    out = {}
+    for line in text.splitlines():
+        m = _BUCKET.match(line)
+        if m and m.group(1) == stage:
+            out[float(m.group(2))] = float(m.group(3))
     return out
 
 
@@ -128,6 +175,10 @@ def _target_cell(result: Mapping[str, Any], key: str) -> str:
 
 _STAGE_KEYS: Final = (
     "events_per_poll",
+    "arrival_ms",
+    "arrival_p99_ms",
+    "queue_ms",
+    "queue_p99_ms",
     "decode_ms",
     "filter_ms",
     "edges_ms",
@@ -140,7 +191,11 @@ _STAGE_KEYS: Final = (
 )
 _STAGE_NOTE: Final = (
     "Means per event (decode to svm; cnn/svm per inference batch), per inference batch "
-    "(batch_size: frames), and per polled batch (produce: flush and acks; commit)."
+    "(batch_size: frames), and per polled batch (produce: flush and acks; commit). The waits "
+    "before compute, per event: arrival (sent-at to the poll that returned the event: the "
+    "producer, the broker, the fetch, and any time the loop was busy elsewhere) and queue (that "
+    "poll's return to the start of its chunk's compute); their p99 is estimated from the "
+    "histogram's buckets (..., 10, 25, 50, 100 ms), so it is coarse."
 )
 
 

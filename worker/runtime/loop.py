@@ -18,6 +18,7 @@ every partition to its end offset (burst mode).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -162,9 +163,9 @@ class Worker:
         try:
             while not self._stop.is_set():
                 self.health.beat()
-                records, mark = self._poll()
+                records, mark, polled_at = self._poll()
                 if records:
-                    self._handle(records, mark)
+                    self._handle(records, mark, polled_at)
                     if self._watchdog is not None:
                         self._watchdog.reset()
                 else:
@@ -180,8 +181,9 @@ class Worker:
             self.close()
         return self.stats
 
-    def _poll(self) -> tuple[list[Any], int]:
-        """One poll: its records and the flow's revocation mark when they came.
+    def _poll(self) -> tuple[list[Any], int, float]:
+        """One poll: its records, the flow's revocation mark when they came, and when (wall
+        clock, for the arrival and queue waits of :mod:`worker.metrics`).
 
         Results held from the last chunk are already sent (their findings are on their way);
         they are finished (acknowledgements waited for, offsets committed) after the poll, while
@@ -201,14 +203,15 @@ class Worker:
         batch = self.consumer.poll(
             timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records
         )
+        polled_at = time.time()
         self.health.set_ready(bool(self.consumer.assignment()))
         held = self._held
         if held is not None and self.flow.revoked_since(held[1]):
             for tp, polled in batch.items():
                 self.consumer.seek(tp, min(r.offset for r in polled))
             self._finish_held()
-            return [], self.flow.mark()
-        return [r for recs in batch.values() for r in recs], self.flow.mark()
+            return [], self.flow.mark(), polled_at
+        return [r for recs in batch.values() for r in recs], self.flow.mark(), polled_at
 
     def close(self) -> None:
         self.health.set_ready(False)
@@ -220,7 +223,7 @@ class Worker:
             self.producer.close(timeout=self.settings.grace_period_s)
 
     # -- the loop body -----------------------------------------------------------------------
-    def _handle(self, records: list[Any], mark: int) -> None:
+    def _handle(self, records: list[Any], mark: int, polled_at: float | None = None) -> None:
         """The poll's records in chunks (:mod:`worker.runtime.chunks`), two stages deep: while
         one chunk computes on the compute thread, the results of the one before (sent as soon
         as they were computed) are finished here; the last chunk's results are finished after
@@ -228,7 +231,7 @@ class Worker:
         self.observer.polled(len(records))
         self.health.set_backlog(len(records))
         for chunk in self._sizer.split(records):
-            work = self._submit(chunk)
+            work = self._submit(chunk, polled_at)
             self._finish_held(in_flight=len(chunk))
             self.flow.wait(work)
             self.flow.delivering(mark)
@@ -249,14 +252,21 @@ class Worker:
         self.observer.committed(committed)
         self.observer.lag(self.consumer, _partitions(r.record for r in committed), in_flight)
 
-    def _submit(self, chunk: Sequence[Any]) -> Future[list[EventResult]]:
-        return self._compute_pool.submit(self._timed_compute, list(chunk))
+    def _submit(
+        self, chunk: Sequence[Any], polled_at: float | None = None
+    ) -> Future[list[EventResult]]:
+        return self._compute_pool.submit(self._timed_compute, list(chunk), polled_at)
 
-    def _timed_compute(self, records: list[Any]) -> list[EventResult]:
+    def _timed_compute(
+        self, records: list[Any], polled_at: float | None = None
+    ) -> list[EventResult]:
+        started_at = time.time()
         t0 = time.perf_counter()
         results = self.compute(records)
         self._sizer.observe(len(records), time.perf_counter() - t0)
-        return results
+        if polled_at is None:
+            return results
+        return [dataclasses.replace(r, polled_at=polled_at, started_at=started_at) for r in results]
 
     def compute(self, records: list[Any]) -> list[EventResult]:
         """Records to results (runs on the compute thread; never touches the consumer)."""

@@ -74,6 +74,11 @@ class Observer:
                 self.metrics.observe_stage(stage, ms / 1e3)
         if result.sent_at is not None:
             self.metrics.observe_e2e(max(0.0, now - result.sent_at))
+        if result.polled_at is not None:
+            if result.sent_at is not None:
+                self.metrics.observe_stage("arrival", max(0.0, result.polled_at - result.sent_at))
+            if result.started_at is not None:
+                self.metrics.observe_stage("queue", max(0.0, result.started_at - result.polled_at))
         self.stats.findings += 1
         self.metrics.count_event("finding")
         if result.sr_ms is not None:

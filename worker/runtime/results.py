@@ -65,6 +65,9 @@ class EventResult:
     sr_ms: float | None = None  # time spent building the SR, when one was asked for
     sr_error: str | None = None  # why the finding has no SR, when one was asked for
     reduced: int = field(default=0, compare=False)  # how much of the original was dropped
+    # Wall-clock times (time.time()) the poll returned the record and its chunk's compute began.
+    polled_at: float | None = field(default=None, compare=False)
+    started_at: float | None = field(default=None, compare=False)
 
     def live_messages(self) -> list[int]:
         """Indices of the messages still to deliver."""

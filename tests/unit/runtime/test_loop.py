@@ -5,6 +5,7 @@ record can make the loop replay its batch for ever."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -323,3 +324,20 @@ def test_a_rebalance_while_a_chunk_waits_undoes_the_poll_and_delivers_the_chunk_
     # is finished and its partition, given back to us, is positioned after it.
     assert log[second + 1 : second + 4] == ["seek 1", "flush", "commit_async"]
     assert "seek 1" in log[log.index("commit_async") :]
+
+
+def test_the_waits_before_compute_are_observed_per_event(models: ModelSet) -> None:
+    # Sent 2 s before now (the record timestamp, as no sent-at header is given): the arrival
+    # wait (sent to polled) holds those 2 s, the queue wait (polled to computing) almost nothing.
+    sent_ms = int((time.time() - 2.0) * 1000)
+    good = encode_ct(ct_slice(1, 64))
+    headers = [("content-type", b"application/dicom")]
+    batch = [Record(TOPIC, 0, i, sent_ms, b"study", good, headers) for i in range(3)]
+    worker, _, _, _ = make_worker(models, [batch])
+    assert worker.run(drain=True).findings == 3
+    text = worker.metrics.render().decode()
+    count = re.compile(r'scanstream_stage_duration_seconds_(sum|count)\{stage="(\w+)"\} (\S+)')
+    seen = {(m.group(2), m.group(1)): float(m.group(3)) for m in count.finditer(text)}
+    assert seen[("arrival", "count")] == seen[("queue", "count")] == 3.0
+    assert 3 * 1.9 < seen[("arrival", "sum")] < 3 * 10.0
+    assert 0.0 <= seen[("queue", "sum")] < 3 * 1.0
