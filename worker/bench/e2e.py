@@ -48,7 +48,8 @@ from typing import Any, Protocol
 
 from kafka import KafkaConsumer, TopicPartition
 
-from worker.bench.report import latency_summary, stage_means
+from worker.bench.report import latency_summary
+from worker.bench.scrape import stage_means
 from worker.broker import free_port
 from worker.contract import DICOM_TYPE, header
 from worker.errors import ScanStreamError

@@ -21,9 +21,9 @@ from worker.bench.report import (
     latency_summary,
     percentile,
     render_markdown,
-    stage_means,
     write_reports,
 )
+from worker.bench.scrape import stage_means
 from worker.bench.suite import (
     NOISE_ENV,
     build_workload,
@@ -284,3 +284,23 @@ def test_all_records_why_the_gateway_figures_are_missing(
     }
     md = Path(result["files"]["markdown"]).read_text()
     assert "## Gateway stage" in md and "needs dcmtk" in md
+
+
+def test_stage_quantile_diffs_two_scrapes_and_reads_the_buckets() -> None:
+    from worker.bench.scrape import stage_quantile
+
+    def scrape(counts: dict[str, float]) -> str:
+        return "\n".join(
+            f'scanstream_stage_duration_seconds_bucket{{stage="arrival",le="{le}"}} {n}'
+            for le, n in counts.items()
+        )
+
+    before = scrape({"0.01": 50.0, "0.025": 50.0, "0.05": 50.0, "+Inf": 50.0})
+    # Between the scrapes: 90 observations up to 10 ms, 10 between 25 and 50 ms.
+    after = scrape({"0.01": 140.0, "0.025": 140.0, "0.05": 150.0, "+Inf": 150.0})
+    assert stage_quantile(before, after, "arrival", 0.5) == pytest.approx(0.01 * 50 / 90)
+    assert stage_quantile(before, after, "arrival", 0.99) == pytest.approx(0.025 + 0.025 * 0.9)
+    assert stage_quantile(before, after, "queue", 0.99) is None  # no such stage
+    assert stage_quantile(after, after, "arrival", 0.99) is None  # nothing observed between
+    beyond = scrape({"0.01": 140.0, "0.025": 140.0, "0.05": 140.0, "+Inf": 150.0})
+    assert stage_quantile(before, beyond, "arrival", 0.99) == 0.05  # the last finite bound
