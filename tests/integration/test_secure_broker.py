@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -28,8 +29,9 @@ from kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
-from tests.kafka_helpers import collect, worker_thread
+from tests.kafka_helpers import at_least, collect, read_topics, worker_thread
 from worker import broker
+from worker.broker import free_port
 from worker.broker_secure import SecureSetup
 from worker.errors import BrokerError
 from worker.inference import ModelSet
@@ -285,3 +287,67 @@ def test_publish_and_demo_work_over_sasl_ssl(secure: SecureBroker, pydicom_files
     assert code == 0, output
     # The demo's C-STORE leg ran too: the gateway publishes over SASL_SSL with its ACLs.
     assert "skipped" not in output and output.count("-> Success") == 2, output
+
+
+def test_the_gateway_works_over_sasl_ssl_with_only_its_documented_acls(
+    secure: SecureBroker, pydicom_files: Path, tmp_path: Path
+) -> None:
+    """The real `scanstream gateway`, as a principal with Write on the events and studies topics
+    alone and SCANSTREAM_CREATE_TOPICS=false: it starts (it checks only the topics it writes),
+    and an instance a real storescu sends becomes an event."""
+    storescu = shutil.which("storescu")
+    if storescu is None:
+        if os.environ.get("CI"):
+            pytest.fail("dcmtk's storescu is missing under CI (.ci/run installs it)")
+        pytest.skip("dcmtk's storescu is not installed (CI installs it)")
+    ns = _namespace(secure)
+    admin = secure.admin.namespaced(ns).replace(bootstrap_servers=secure.bootstrap)
+    kafka_clients.ensure_topics(secure.bootstrap, admin, only=(admin.studies_topic,))
+    env = secure.user(f"gateway-{ns}")
+    gateway = Settings.from_env(env, create_topics=False).namespaced(ns)
+    _set_acls(secure, f"User:gateway-{ns}", acls.gateway_grants(gateway))
+    assert _acls_of(secure, f"User:gateway-{ns}") == {
+        ("TOPIC", f"{ns}.events", "LITERAL", "WRITE"),
+        ("TOPIC", f"{ns}.studies", "LITERAL", "WRITE"),
+    }
+    port, log = free_port(), tmp_path / "gateway.log"
+    run_env = {
+        **_clean_env(),
+        **env,
+        "SCANSTREAM_EVENTS_TOPIC": gateway.events_topic,
+        "SCANSTREAM_STUDIES_TOPIC": gateway.studies_topic,
+        "SCANSTREAM_CREATE_TOPICS": "false",
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "gateway", "--port", str(port)],
+            env=run_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while b"listening on" not in log.read_bytes():
+            assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.1)
+        sent = subprocess.run(
+            [
+                storescu,
+                "-aec",
+                "SCANSTREAM",
+                "127.0.0.1",
+                str(port),
+                str(pydicom_files / "CT_small.dcm"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        events = read_topics(admin, [admin.events_topic], at_least({admin.events_topic: 1}))
+        assert len(events[admin.events_topic]) == 1
+    finally:
+        proc.kill()
+        proc.wait()
