@@ -35,7 +35,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -47,10 +46,11 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.pixels.processing import apply_color_lut, apply_rescale
+from pydicom.pixels.processing import apply_color_lut
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
+from worker.dicom_pixels import apply_bits_stored, luminance, native_pixels, rescale
 from worker.errors import Reason, Rejection
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ def _pixels(ds: Dataset, limits: Limits) -> tuple[InstanceMeta, np.ndarray]:
             raise Rejection("unsupported_transfer_syntax", f"no installed decoder for {ts.name}")
     try:
         # as_rgb=False: keep YBR as YBR so that luminance is the Y plane, not a round trip.
-        arr = _native_pixels(ds, str(ts), (n_frames, rows, cols), samples, bits_alloc, photometric)
+        arr = native_pixels(ds, str(ts), (n_frames, rows, cols), samples, bits_alloc, photometric)
         if arr is None:
             arr = pixel_array(ds, as_rgb=False)
     except BaseException as exc:
@@ -311,46 +311,6 @@ def _pixels(ds: Dataset, limits: Limits) -> tuple[InstanceMeta, np.ndarray]:
         pixel_spacing_mm=_spacing(ds),
     )
     return meta, arr
-
-
-# Little-endian native syntaxes (implicit and explicit VR): their pixel bytes are the array.
-_LITTLE_NATIVE: Final = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
-
-
-def _native_pixels(
-    ds: Dataset,
-    ts: str,
-    shape: tuple[int, int, int],
-    samples: int,
-    bits_alloc: int,
-    photometric: str,
-) -> np.ndarray | None:
-    """The pixels of the commonest CT/MR/CR encoding as a view of the bytes, else None.
-
-    For uncompressed little-endian greyscale with 16 bits allocated, pydicom's ``pixel_array``
-    makes the same array through its decoder machinery (0.5 ms for a 512x512 slice here, against
-    a few microseconds for the view). Anything else, or a length that does not fit (already
-    refused above when short), goes through pydicom. The view is read-only; every later stage
-    makes new arrays. Shape as ``pixel_array``'s: (rows, cols), or (frames, rows, cols).
-    """
-    representation = ds.get("PixelRepresentation", 0)
-    if not (
-        ts in _LITTLE_NATIVE
-        and sys.byteorder == "little"
-        and bits_alloc == 16
-        and samples == 1
-        and photometric in ("MONOCHROME1", "MONOCHROME2")
-        and representation in (0, 1)
-        and "PixelData" in ds
-    ):
-        return None
-    frames, rows, cols = shape
-    count = frames * rows * cols
-    raw = ds.PixelData
-    if not isinstance(raw, bytes) or len(raw) < 2 * count:
-        return None
-    arr = np.frombuffer(raw, np.int16 if representation == 1 else np.uint16, count=count)
-    return arr.reshape(shape if frames > 1 else (rows, cols))
 
 
 def _spacing(ds: Any) -> tuple[float, float] | None:
@@ -385,16 +345,16 @@ def _guess_ts(ds: Dataset) -> str:
 def _to_modality_units(ds: Dataset, meta: InstanceMeta, arr: np.ndarray) -> npt.NDArray[np.float32]:
     colour = arr.ndim == (4 if meta.frame_count > 1 else 3)
     if arr.dtype.kind in "iu" and not colour:
-        arr = _apply_bits_stored(arr, meta.bits_stored, signed=arr.dtype.kind == "i")
+        arr = apply_bits_stored(arr, meta.bits_stored, signed=arr.dtype.kind == "i")
     try:
         if meta.photometric == "PALETTE COLOR":
-            arr = _luminance(apply_color_lut(arr, ds))
+            arr = luminance(apply_color_lut(arr, ds))
         elif colour and meta.photometric.startswith("YBR"):
             arr = arr[..., 0]
         elif colour:
-            arr = _luminance(arr)
+            arr = luminance(arr)
         else:
-            arr = _rescale(arr, ds)
+            arr = rescale(arr, ds)
     except Exception as exc:
         raise Rejection("decode_error", f"colour/rescale: {_message(exc)}") from exc
     frames = np.asarray(arr, dtype=np.float32)
@@ -405,51 +365,6 @@ def _to_modality_units(ds: Dataset, meta: InstanceMeta, arr: np.ndarray) -> npt.
     if frames.ndim != 3:
         raise Rejection("decode_error", f"unexpected pixel array shape {arr.shape}")
     return frames
-
-
-def _rescale(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """The Modality LUT stage, straight to float32 where that is exact.
-
-    pydicom's ``apply_rescale`` computes ``stored * slope + intercept`` in float64 and the caller
-    then rounds to float32: two passes and a 2 MB temporary per 512x512 slice. For the common CT
-    case (slope 1, an integer intercept, stored values of at most 16 bits) every result is an
-    integer below 2**24, which float32 holds exactly, so one float32 add gives the same values.
-    Anything else (other slopes, a Modality LUT Sequence) goes through pydicom.
-
-    >>> ds = Dataset(); ds.RescaleSlope, ds.RescaleIntercept = "1", "-1024"
-    >>> _rescale(np.array([[0, 3000]], np.uint16), ds).tolist()
-    [[-1024.0, 1976.0]]
-    """
-    if (
-        arr.dtype.kind in "iu"
-        and arr.dtype.itemsize <= 2
-        and not ds.get("ModalityLUTSequence")
-        and "RescaleSlope" in ds
-        and "RescaleIntercept" in ds
-    ):
-        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-        if slope == 1.0 and intercept.is_integer() and abs(intercept) <= 2.0**23:
-            exact: np.ndarray = np.add(arr, np.float32(intercept), dtype=np.float32)
-            return exact
-    rescaled: np.ndarray = apply_rescale(arr, ds)
-    return rescaled
-
-
-def _apply_bits_stored(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
-    bits_alloc = arr.dtype.itemsize * 8
-    if not 0 < bits_stored < bits_alloc:
-        return arr
-    if signed:
-        shift = bits_alloc - bits_stored
-        extended: np.ndarray = (arr << shift) >> shift  # sign-extend from bit bits_stored-1
-        return extended
-    masked: np.ndarray = arr & np.array((1 << bits_stored) - 1, dtype=arr.dtype)
-    return masked
-
-
-def _luminance(rgb: np.ndarray) -> np.ndarray:
-    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return np.asarray(rgb[..., :3], dtype=np.float32) @ weights
 
 
 def _check_integrity(frames: npt.NDArray[np.float32]) -> None:

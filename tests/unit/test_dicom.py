@@ -154,7 +154,7 @@ def test_the_float32_rescale_equals_pydicoms_on_every_real_file(pydicom_files: P
     """The fast path (slope 1, integer intercept) must give pydicom's float64 values exactly."""
     from pydicom.pixels.processing import apply_rescale
 
-    from worker.dicom import _rescale
+    from worker.dicom_pixels import rescale
 
     compared = 0
     for path in sorted(pydicom_files.rglob("*")):
@@ -169,7 +169,7 @@ def test_the_float32_rescale_equals_pydicoms_on_every_real_file(pydicom_files: P
             continue
         expected = np.asarray(apply_rescale(arr, ds), np.float32)
         # decode() stores float32 either way: compare what it would store.
-        assert np.array_equal(np.asarray(_rescale(arr, ds), np.float32), expected), path.name
+        assert np.array_equal(np.asarray(rescale(arr, ds), np.float32), expected), path.name
         compared += 1
     assert compared >= 10  # pydicom's CT and MR samples: 17 at the time of writing
 
@@ -183,12 +183,12 @@ def test_the_rescale_takes_the_float32_path_only_where_exact(
 ) -> None:
     from pydicom.dataset import Dataset
 
-    from worker.dicom import _rescale
+    from worker.dicom_pixels import rescale
 
     ds = Dataset()
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     stored = np.array([[0, 1, 4095, 65535]], np.uint16)
-    out = _rescale(stored, ds)
+    out = rescale(stored, ds)
     assert (out.dtype == np.float32) is fast  # pydicom's own path returns float64
     expected = stored.astype(np.float64) * float(slope) + float(intercept)
     assert np.array_equal(np.asarray(out, np.float64), expected)
@@ -201,7 +201,7 @@ def test_the_native_pixel_view_decodes_as_pydicom_does(
     decodes to the same frames and metadata, or the same rejection, as through pixel_array."""
     import worker.dicom as dicom
 
-    native = dicom._native_pixels
+    native = dicom.native_pixels
     taken: list[bool] = []
 
     def spy(*args: Any) -> Any:
@@ -220,11 +220,11 @@ def test_the_native_pixel_view_decodes_as_pydicom_does(
     for path in sorted(p for p in pydicom_files.rglob("*") if p.is_file()):
         data = path.read_bytes()
         taken.clear()
-        monkeypatch.setattr(dicom, "_native_pixels", spy)
+        monkeypatch.setattr(dicom, "native_pixels", spy)
         fast = outcome(data)
         if not any(taken):
             continue
-        monkeypatch.setattr(dicom, "_native_pixels", lambda *args: None)
+        monkeypatch.setattr(dicom, "native_pixels", lambda *args: None)
         slow = outcome(data)
         assert fast[:1] == slow[:1], path.name
         if fast[0] == "decoded":
