@@ -189,6 +189,15 @@ def test_password_from_a_file(tmp_path: Path) -> None:
     assert Settings.from_env(env).sasl_password.reveal() == PASSWORD
 
 
+def test_the_pseudonym_key_from_a_file(tmp_path: Path) -> None:
+    """Every secret has its _FILE variant, the pseudonym key included (a Kubernetes mount)."""
+    key = tmp_path / "pseudonym-key"
+    key.write_text("k" * 32 + "\n", encoding="utf-8")
+    s = Settings.from_env({"SCANSTREAM_PSEUDONYM_KEY_FILE": str(key)})
+    assert s.pseudonym_key.reveal() == "k" * 32
+    assert "k" * 32 not in repr(s) and "k" * 32 not in repr(s.describe())
+
+
 def test_password_and_password_file_together_is_an_error(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text(PASSWORD, encoding="utf-8")
