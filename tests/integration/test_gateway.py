@@ -9,16 +9,14 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
 import pytest
 
+from tests.gateway_helpers import gateway_process
 from tests.kafka_helpers import at_least, collect, read_topics, worker_thread
 from worker import broker
 from worker.broker import free_port
@@ -150,39 +148,6 @@ def test_with_the_broker_away_c_store_fails_within_the_deadline_never_success(
     gc.collect()
     assert ok == set() and responses == 1, "Success answered without a broker"
     assert took < settings.gateway_ack_timeout_s + 5, took
-
-
-@contextmanager
-def gateway_process(settings: Settings, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCANSTREAM_", "KAFKA_"))}
-    env.update(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers or "",
-            "SCANSTREAM_EVENTS_TOPIC": settings.events_topic,
-            "SCANSTREAM_FINDINGS_TOPIC": settings.findings_topic,
-            "SCANSTREAM_ALERTS_TOPIC": settings.alerts_topic,
-            "SCANSTREAM_DLQ_TOPIC": settings.dlq_topic,
-            "SCANSTREAM_STUDIES_TOPIC": settings.studies_topic,
-        }
-    )
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "gateway", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while b"listening on" not in log.read_bytes():
-            assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.1)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 def test_kill_9_during_a_transfer_loses_no_acknowledged_instance(

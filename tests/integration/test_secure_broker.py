@@ -29,6 +29,7 @@ from kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
+from tests.gateway_helpers import gateway_process
 from tests.kafka_helpers import at_least, collect, read_topics, worker_thread
 from worker import broker
 from worker.broker import free_port
@@ -311,26 +312,8 @@ def test_the_gateway_works_over_sasl_ssl_with_only_its_documented_acls(
         ("TOPIC", f"{ns}.studies", "LITERAL", "WRITE"),
     }
     port, log = free_port(), tmp_path / "gateway.log"
-    run_env = {
-        **_clean_env(),
-        **env,
-        "SCANSTREAM_EVENTS_TOPIC": gateway.events_topic,
-        "SCANSTREAM_STUDIES_TOPIC": gateway.studies_topic,
-        "SCANSTREAM_CREATE_TOPICS": "false",
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "gateway", "--port", str(port)],
-            env=run_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while b"listening on" not in log.read_bytes():
-            assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.1)
+    login = {**env, "SCANSTREAM_CREATE_TOPICS": "false"}
+    with gateway_process(gateway, port, log, login):
         sent = subprocess.run(
             [
                 storescu,
@@ -348,6 +331,3 @@ def test_the_gateway_works_over_sasl_ssl_with_only_its_documented_acls(
         assert sent.returncode == 0, sent.stdout + sent.stderr
         events = read_topics(admin, [admin.events_topic], at_least({admin.events_topic: 1}))
         assert len(events[admin.events_topic]) == 1
-    finally:
-        proc.kill()
-        proc.wait()
