@@ -96,16 +96,38 @@ def overlay_thumbnail(
     """
     small = edge_thumbnail(edge_map, size)
     out = np.ascontiguousarray(np.repeat(small[:, :, None], 3, axis=2), dtype=np.uint8)
-    h, w = edge_map.shape
-    scale = (small.shape[1] / w, small.shape[0] / h)
+    draw_boxes(out, edge_map.shape, edge_bbox, saliency_bbox, frame)
+    return out
+
+
+def draw_boxes(
+    out: npt.NDArray[np.uint8],
+    frame_shape: tuple[int, ...],
+    edge_bbox: Box | None = None,
+    saliency_bbox: Box | None = None,
+    frame: int | None = None,
+    thickness: int = 1,
+) -> None:
+    """Outline the boxes, in pixels of a frame of ``frame_shape`` (h, w), on ``out``: a BGR
+    picture of that frame at its own size, edge box cyan, saliency box red (drawn last, over
+    it), each widened to whole pixels of ``out`` (:func:`_box_corners`). With ``frame`` set, a
+    box whose ``"frame"`` is another frame is not drawn.
+
+    >>> out = np.zeros((10, 10, 3), np.uint8)
+    >>> draw_boxes(out, (100, 100), edge_bbox={"x": 0, "y": 0, "width": 50, "height": 50})
+    >>> out[0, 4].tolist(), out[5, 5].tolist()
+    ([255, 255, 0], [0, 0, 0])
+    """
+    h, w = frame_shape[:2]
+    rows, cols = out.shape[:2]
+    scale = (cols / w, rows / h)
     for box, colour in ((edge_bbox, EDGE_BOX_BGR), (saliency_bbox, SALIENCY_BOX_BGR)):
         if box is None:
             continue
         if frame is not None and isinstance(box, Mapping) and box.get("frame", frame) != frame:
             continue
-        top_left, bottom_right = _box_corners(box, scale, small.shape)
-        cv2.rectangle(out, top_left, bottom_right, colour, thickness=1)
-    return out
+        top_left, bottom_right = _box_corners(box, scale, (rows, cols))
+        cv2.rectangle(out, top_left, bottom_right, colour, thickness=thickness)
 
 
 def thumbnail_path(folder: str | os.PathLike[str], event_id: str, sop_uid: str | None) -> Path:

@@ -18,20 +18,13 @@ in. Images are shrunk so that their longer side is at most ``size`` pixels (neve
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
 from typing import Any, Final
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from worker.imaging.thumbnail import (
-    EDGE_BOX_BGR,
-    SALIENCY_BOX_BGR,
-    Box,
-    _box_corners,  # the thumbnails' own box scaling, so that both draw boxes alike
-    overlay_thumbnail,
-)
+from worker.imaging.thumbnail import Box, draw_boxes, overlay_thumbnail
 
 #: Longer side, in pixels, of a picture in the report (the page shows it smaller or larger).
 PICTURE_SIZE: Final = 256
@@ -61,13 +54,6 @@ def _shrink(image: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
     return np.asarray(cv2.resize(image, out, interpolation=cv2.INTER_AREA), dtype=np.uint8)
 
 
-def _drawn(box: Box | None, frame: int | None) -> Box | None:
-    """``box`` if it lies on ``frame`` (or names no frame), else None."""
-    if box is None or frame is None or not isinstance(box, Mapping):
-        return box
-    return box if box.get("frame", frame) == frame else None
-
-
 def windowed_picture(
     windowed: npt.ArrayLike,
     size: int = PICTURE_SIZE,
@@ -84,13 +70,8 @@ def windowed_picture(
         raise ValueError(f"a windowed frame must be a 2-D image, got shape {grey.shape}")
     small = _shrink(grey, size)
     out = np.ascontiguousarray(np.repeat(small[:, :, None], 3, axis=2))
-    scale = (small.shape[1] / grey.shape[1], small.shape[0] / grey.shape[0])
     thickness = 2 if min(small.shape) >= 128 else 1
-    for box, colour in ((edge_bbox, EDGE_BOX_BGR), (saliency_bbox, SALIENCY_BOX_BGR)):
-        box = _drawn(box, frame)
-        if box is not None:
-            top_left, bottom_right = _box_corners(box, scale, (small.shape[0], small.shape[1]))
-            cv2.rectangle(out, top_left, bottom_right, colour, thickness=thickness)
+    draw_boxes(out, grey.shape, edge_bbox, saliency_bbox, frame, thickness)
     return out
 
 
