@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, TypeAlias
@@ -27,6 +26,8 @@ from typing import Final, TypeAlias
 import cv2
 import numpy as np
 import numpy.typing as npt
+
+from worker.atomic import write_atomically
 
 #: BGR colour of the strongest-edge box (cyan; luma 179).
 EDGE_BOX_BGR: Final = (255, 255, 0)
@@ -174,14 +175,5 @@ def write_thumbnail(
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"could not encode a PNG thumbnail for {path}")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so a reader never sees half a file.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.tobytes())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Beside the target, then renamed: a reader never sees half a file.
+    write_atomically(path, buf.tobytes())

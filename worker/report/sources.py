@@ -21,7 +21,6 @@ True
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -29,6 +28,7 @@ from typing import Any, Final
 import cv2
 import numpy as np
 
+from worker.atomic import write_atomically
 from worker.dicom import decode
 from worker.errors import Rejection
 from worker.imaging import ImagingConfig, analyze_frame, thumbnail_path
@@ -104,18 +104,7 @@ def write_report(
 ) -> Path:
     """Render ``entries`` and write the page at ``path`` (parents created, replaced atomically)."""
     page = render_report(entries, title, notes)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomically(path, page.encode("utf-8"), mode=0o644)
 
 
 def write_demo_report(
