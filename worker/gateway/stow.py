@@ -189,15 +189,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._unread = length if length is not None and length <= stow.max_body else None
         if not stow.enter():
             status = self._text(503, "busy or stopping", {"Retry-After": "1"})
-        else:
+            log.info("STOW-RS %s", status, extra={"fields": {"status": status, **counts}})
+            return
+        try:
             try:
                 status = self._post(stow, counts)
             except Exception:  # a bug must not kill the thread silently
                 log.exception("STOW-RS internal error")
                 status = self._text(500, "internal error")
-            finally:
-                stow.leave()
-        log.info("STOW-RS %s", status, extra={"fields": {"status": status, **counts}})
+            # Logged before the slot is freed, so close() waits for the line too.
+            log.info("STOW-RS %s", status, extra={"fields": {"status": status, **counts}})
+        finally:
+            stow.leave()
 
     def _post(self, stow: StowServer, counts: dict[str, int]) -> int:
         path = _PATH.fullmatch(urlsplit(self.path).path)
