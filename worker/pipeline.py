@@ -59,6 +59,7 @@ from worker.imaging import (
     FrameAnalysis,
     ImagingConfig,
     analyze_frame,
+    canny_kernel,
     thumbnail_path,
     write_thumbnail,
 )
@@ -215,6 +216,8 @@ class Pipeline:
         self._reader, self._clock, self._sleep = reader, clock, sleep
         self._card_notes = tuple(card.intended_use for card in models.cards)
         self.domains = domains_of(models)
+        if imaging.canny_method == "interpolated":
+            canny_kernel.warm_up()  # compiled here, at start, not on the first event
 
     def process(
         self, events: Sequence[ScanEvent], sources: Sequence[dict[str, Any] | None] | None = None

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from worker.imaging.canny_kernel import interpolated_canny
 from worker.imaging.filters import as_float32
 from worker.imaging.stats import quantiles, subsample
 
@@ -217,47 +218,10 @@ def canny_auto(
 def _canny_interpolated(
     gradient: Gradient, low: float, high: float
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.intp], EdgeRegions]:
-    """Edge map, flat indices of its pixels, and its regions."""
+    """Edge map, flat indices of its pixels, and its regions (compiled: :mod:`canny_kernel`)."""
     gx, gy, mag = gradient
-    h, w = mag.shape
-    edges = np.zeros((h, w), np.uint8)
-    nothing = (edges, np.zeros(0, np.intp), EdgeRegions(0, None))
-    if h < 3 or w < 3:
-        return nothing
-    cand = mag >= np.float32(low)
-    cand[0, :] = cand[-1, :] = cand[:, 0] = cand[:, -1] = False
-    idx = np.flatnonzero(cand)  # on a bool mask, faster than cv2.findNonZero
-    if idx.size == 0:
-        return nothing
-    fx, fy, fm = gx.ravel()[idx], gy.ravel()[idx], mag.ravel()[idx]
-    ax, ay = np.abs(fx), np.abs(fy)
-    # Step one pixel along the dominant gradient axis, and interpolate towards the diagonal
-    # neighbour by the ratio of the minor to the major component.
-    mostly_y = ay >= ax
-    sx = np.where(fx >= 0, 1, -1)
-    sy = np.where(fy >= 0, w, -w)
-    axial = np.where(mostly_y, sy, sx)
-    diag = sx + sy
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac = np.minimum(ax, ay) / np.maximum(ax, ay)
-    flat = mag.ravel()
-    a, b = flat[idx + axial], flat[idx + diag]
-    ahead = a + frac * (b - a)
-    a, b = flat[idx - axial], flat[idx - diag]
-    behind = a + frac * (b - a)
-    keep = (fm >= ahead) & (fm >= behind)
-    idx, fm = idx[keep], fm[keep]
-    if idx.size == 0:
-        return nothing
-    edges.ravel()[idx] = 1
-    n, label_image = cv2.connectedComponents(edges, connectivity=8, ltype=cv2.CV_32S)
-    labels = np.asarray(label_image, np.int32).ravel()[idx]
-    seeded = np.zeros(n, bool)
-    seeded[labels[fm >= np.float32(high)]] = True
-    final = seeded[labels]
-    edges.ravel()[idx] = np.where(final, 255, 0).astype(np.uint8)
-    regions = _regions(idx[final], labels[final], fm[final], w, n)
-    return edges, idx[final], regions
+    edges, idx, count, bbox = interpolated_canny(gx, gy, mag, low, high)
+    return edges, idx, EdgeRegions(count, bbox)
 
 
 def _canny_opencv(gradient: Gradient, low: float, high: float) -> npt.NDArray[np.uint8]:
