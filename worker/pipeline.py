@@ -59,7 +59,7 @@ from worker.imaging import (
     FrameAnalysis,
     ImagingConfig,
     analyze_frame,
-    canny_kernel,
+    kernels,
     thumbnail_path,
     write_thumbnail,
 )
@@ -217,7 +217,7 @@ class Pipeline:
         self._card_notes = tuple(card.intended_use for card in models.cards)
         self.domains = domains_of(models)
         if imaging.canny_method == "interpolated":
-            canny_kernel.warm_up()  # compiled here, at start, not on the first event
+            kernels.warm_up()  # compiled here, at start, not on the first event
 
     def process(
         self, events: Sequence[ScanEvent], sources: Sequence[dict[str, Any] | None] | None = None

@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from worker.imaging.canny_kernel import interpolated_canny
 from worker.imaging.filters import as_float32
+from worker.imaging.kernels import interpolated_canny
 from worker.imaging.stats import quantiles, subsample
 
 CannyMethod = Literal["interpolated", "opencv"]
@@ -218,7 +218,7 @@ def canny_auto(
 def _canny_interpolated(
     gradient: Gradient, low: float, high: float
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.intp], EdgeRegions]:
-    """Edge map, flat indices of its pixels, and its regions (compiled: :mod:`canny_kernel`)."""
+    """Edge map, flat indices of its pixels, and its regions (compiled: :mod:`kernels`)."""
     gx, gy, mag = gradient
     edges, idx, count, bbox = interpolated_canny(gx, gy, mag, low, high)
     return edges, idx, EdgeRegions(count, bbox)

@@ -52,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.imaging.edges import EdgeRegions, Gradient, edge_indices, edge_regions, orientation
+from worker.imaging.kernels import texture_pair_counts
 from worker.imaging.stats import quantiles, subsample
 
 ORIENTATION_BINS: Final = 8
@@ -142,9 +143,7 @@ def features(
     out[2:5] = quantiles(sample, (1.0, 50.0, 99.0))
     out[5:7] = _shape_moments(sample)
 
-    q = _quantise_unit(windowed)
-    step = texture_row_step(q.shape)
-    p0, p90 = cooccurrence(q, step)
+    p0, p90 = window_cooccurrence(windowed, texture_row_step(windowed.shape))
     out[7] = _entropy_bits(p0.sum(axis=1))
 
     mag = gradient.magnitude
@@ -247,12 +246,35 @@ def cooccurrence(
         if first.size == 0:
             out.append(np.zeros((GLCM_LEVELS, GLCM_LEVELS)))
             continue
-        hist = cv2.calcHist([cv2.add(first, second)], [0], None, [256], [0, 256])
-        glcm = hist.reshape(GLCM_LEVELS, GLCM_LEVELS).astype(np.float64)
-        glcm += glcm.T
-        glcm /= glcm.sum()
-        out.append(glcm)
+        out.append(_glcm(cv2.calcHist([cv2.add(first, second)], [0], None, [256], [0, 256])))
     return out[0], out[1]
+
+
+def window_cooccurrence(
+    windowed: npt.NDArray[np.float32], row_step: int = 1
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """:func:`cooccurrence` of :func:`quantise` ``(windowed)`` (values in [0, 1]), in one pass.
+
+    The pairs are counted by a compiled loop that quantises only the rows it reads
+    (:func:`~worker.imaging.kernels.texture_pair_counts`); the matrices are the same.
+
+    >>> w = np.float32([[0.0, 0.5], [1.0, 0.5]])
+    >>> all(np.array_equal(a, b) for a, b in zip(window_cooccurrence(w), cooccurrence(quantise(w))))
+    True
+    """
+    horizontal, vertical = (
+        _glcm(counts) if counts.any() else np.zeros((GLCM_LEVELS, GLCM_LEVELS))
+        for counts in texture_pair_counts(windowed, row_step)
+    )
+    return horizontal, vertical
+
+
+def _glcm(counts: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
+    """Symmetric, normalised 16x16 matrix from 256 pair counts (first level * 16 + second)."""
+    glcm = np.asarray(counts, np.float64).reshape(GLCM_LEVELS, GLCM_LEVELS)
+    glcm += glcm.T
+    glcm /= glcm.sum()
+    return glcm
 
 
 def _entropy_bits(hist: npt.NDArray[np.float64]) -> float:

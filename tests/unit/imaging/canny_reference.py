@@ -1,6 +1,6 @@
 """The interpolated Canny in plain numpy and OpenCV: the oracle for the compiled kernel.
 
-This was the production code before ``worker/imaging/canny_kernel.py`` compiled the loop; it
+This was the production code before ``worker/imaging/kernels.py`` compiled the loop; it
 is kept here, unchanged in its arithmetic, so the kernel is checked against an independent
 formulation of the same algorithm rather than against itself.
 """

@@ -1,8 +1,10 @@
-"""The compiled interpolated Canny against its numpy formulation: identical, not just close.
+"""The compiled loops against their numpy and OpenCV formulations: identical, not just close.
 
-Every edge pixel, every index, the component count and the strongest box must be equal on
-CT-like phantoms at several noise levels, pure and quantised noise, thin and tiny frames, real
-pydicom slices, and hand-made ties, over a spread of thresholds.
+Canny: every edge pixel, every index, the component count and the strongest box must be equal
+on CT-like phantoms at several noise levels, pure and quantised noise, thin and tiny frames,
+real pydicom slices, and hand-made ties, over a spread of thresholds. Texture: the pair counts
+and matrices must equal ``cv2.convertScaleAbs`` quantising and ``cv2.calcHist`` counting,
+rounding ties included.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import pytest
 
 from tests.unit.imaging.canny_reference import reference_canny
 from worker.imaging import gaussian_filter, sobel
-from worker.imaging.canny_kernel import interpolated_canny, warm_up
 from worker.imaging.edges import Gradient, auto_thresholds
+from worker.imaging.feature_vector import cooccurrence, quantise, window_cooccurrence
+from worker.imaging.kernels import interpolated_canny, texture_pair_counts, warm_up
 from worker.phantoms import ct_slice
 
 
@@ -54,9 +57,9 @@ def test_equal_on_real_slices(reference_images: dict[str, npt.NDArray[np.float32
 def test_equal_on_noise_quantised_noise_and_odd_shapes() -> None:
     rng = np.random.default_rng(7)
     for shape in [(3, 3), (3, 200), (200, 3), (1, 50), (2, 2), (97, 61), (300, 257)]:
-        for quantise in (False, True):
+        for rounded in (False, True):
             image = rng.normal(0.0, 10.0, shape).astype(np.float32)
-            if quantise:  # many exact ties between neighbours
+            if rounded:  # many exact ties between neighbours
                 image = np.rint(image / 10.0).astype(np.float32)
             g = sobel(image)
             for low, high in [(2.0, 5.0), (0.5, 40.0), (10.0, 10.0)]:
@@ -90,3 +93,33 @@ def test_warm_up_compiles() -> None:
     warm_up()  # a second call is free: compiled once per process
     edges, idx, count, bbox = interpolated_canny(*[np.zeros((4, 4), np.float32)] * 3, 1.0, 2.0)
     assert (int(edges.max()), idx.size, count, bbox) == (0, 0, 0, None)
+
+
+def _windows() -> list[npt.NDArray[np.float32]]:
+    rng = np.random.default_rng(3)
+    out = [np.clip(ct_slice(seed, 128, noise_hu=25.0) / 400.0 + 0.5, 0.0, 1.0) for seed in (0, 1)]
+    out += [rng.uniform(0.0, 1.0, shape).astype(np.float32) for shape in [(1, 1), (1, 9), (9, 1)]]
+    # Every level and every half-way value between levels (ties round half to even).
+    out.append((np.arange(31, dtype=np.float32) / np.float32(30.0)).reshape(1, 31))
+    out.append(np.tile(np.float32([0.0, 1.0 / 30.0, 0.1, 1.0]), (7, 5)))
+    return [np.asarray(w, np.float32) for w in out]
+
+
+@pytest.mark.parametrize("row_step", [1, 2, 3, 4])
+def test_texture_pair_counts_equal_opencv_quantise_and_count(row_step: int) -> None:
+    for windowed in _windows():
+        ours = window_cooccurrence(windowed, row_step)
+        ref = cooccurrence(quantise(windowed), row_step)
+        for a, b in zip(ours, ref, strict=True):
+            np.testing.assert_array_equal(a, b)
+        q = quantise(windowed).astype(np.int64)
+        horizontal, vertical = texture_pair_counts(windowed, row_step)
+        rows = q[::row_step]
+        expected = np.bincount((rows[:, :-1] * 16 + rows[:, 1:]).ravel(), minlength=256)
+        np.testing.assert_array_equal(horizontal, expected)
+        assert int(vertical.sum()) == q.shape[1] * len(range(0, q.shape[0] - 1, row_step))
+
+
+def test_texture_pair_counts_rejects_a_zero_row_step() -> None:
+    with pytest.raises(ValueError, match="row_step"):
+        texture_pair_counts(np.zeros((4, 4), np.float32), 0)
