@@ -51,8 +51,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from worker.imaging.edges import EdgeRegions, Gradient, edge_indices, edge_regions, orientation
-from worker.imaging.kernels import texture_pair_counts
+from worker.imaging.edges import EdgeRegions, Gradient, edge_indices, edge_regions
+from worker.imaging.kernels import orientation_sums, texture_pair_counts
 from worker.imaging.stats import quantiles, subsample
 
 ORIENTATION_BINS: Final = 8
@@ -286,10 +286,9 @@ def _entropy_bits(hist: npt.NDArray[np.float64]) -> float:
 def _orientation_histogram(
     gx: npt.NDArray[np.float32], gy: npt.NDArray[np.float32], weights: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float64]:
-    half_bin = 90.0 / ORIENTATION_BINS
-    deg = orientation(gx, gy).astype(np.float64)
-    bins = ((deg + half_bin) // (2 * half_bin)).astype(np.intp) % ORIENTATION_BINS
-    hist = np.bincount(bins, weights=weights.astype(np.float64), minlength=ORIENTATION_BINS)
+    # The bins of edges.orientation (22.5 degrees wide, centred on 0, 22.5, ...), summed by a
+    # compiled loop: a dozen numpy calls on a few thousand edge pixels cost ten times more.
+    hist = orientation_sums(gx, gy, weights, ORIENTATION_BINS)
     total = float(hist.sum())
     return np.asarray(hist / total if total > 0 else hist, dtype=np.float64)
 

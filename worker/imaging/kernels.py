@@ -177,6 +177,31 @@ def _pair_counts(
     return hist[:4].sum(axis=0), hist[4:].sum(axis=0)
 
 
+def _orientation_sums(
+    radians: npt.NDArray[np.float32], weights: npt.NDArray[np.float32], bins: int
+) -> npt.NDArray[np.float64]:
+    """Weights summed per orientation bin, the bins centred on 0, 180/bins, ... degrees."""
+    out = np.zeros(bins, np.float64)
+    to_degrees = np.float32(np.float32(180.0) / np.float32(np.pi))  # as np.degrees on float32
+    half = np.float64(90.0 / bins)
+    width = 2.0 * half
+    for k in range(radians.size):
+        deg = radians[k] * to_degrees
+        folded = np.fmod(deg, np.float32(180.0))  # as np.mod: the divisor's sign
+        if folded < 0:
+            folded += np.float32(180.0)
+        if folded >= 180.0:  # adding 180 can round a tiny negative angle up to 180
+            folded -= np.float32(180.0)
+        # np.floor_divide's (and Python's) float floor division, for positive operands.
+        shifted = np.float64(folded) + half
+        quotient = (shifted - np.fmod(shifted, width)) / width
+        whole = np.floor(quotient)
+        if quotient - whole > 0.5:
+            whole += 1.0
+        out[int(whole) % bins] += np.float64(weights[k])
+    return out
+
+
 def _compile(function: Any) -> _Kernel:
     # error_model="numpy": 0/0 is NaN as in numpy (never raised), so every comparison with it
     # is False, as in the numpy formulation.
@@ -190,6 +215,7 @@ def _compile(function: Any) -> _Kernel:
 
 _compiled: _Kernel = _compile(_kernel)
 _compiled_pairs: _Kernel = _compile(_pair_counts)
+_compiled_orientations: _Kernel = _compile(_orientation_sums)
 
 
 def interpolated_canny(
@@ -238,6 +264,33 @@ def texture_pair_counts(
     )
 
 
+def orientation_sums(
+    gx: npt.NDArray[np.float32],
+    gy: npt.NDArray[np.float32],
+    weights: npt.NDArray[np.float32],
+    bins: int,
+) -> npt.NDArray[np.float64]:
+    """Sum of ``weights`` per bin of the unsigned orientation ``atan2(gy, gx)`` in [0, 180).
+
+    Bin ``b`` is centred on ``b * 180 / bins`` degrees; the sums are float64 in input order, as
+    ``np.bincount(bins, weights.astype(float64))`` adds them. Same bins as
+    :func:`~worker.imaging.edges.orientation` followed by ``(deg + half) // width % bins``:
+    ``np.arctan2`` runs here, the folding and binning in a compiled loop.
+
+    >>> orientation_sums(np.float32([1, 0, -1]), np.float32([0, 1, 1]), np.float32([1, 2, 3]), 4)
+    array([1., 0., 2., 3.])
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    radians = np.arctan2(np.asarray(gy, np.float32), np.asarray(gx, np.float32))
+    sums = _compiled_orientations(
+        np.ascontiguousarray(radians, np.float32).ravel(),
+        np.ascontiguousarray(weights, np.float32).ravel(),
+        bins,
+    )
+    return cast("npt.NDArray[np.float64]", sums)
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) now, so the first event does not wait for it.
 
@@ -246,3 +299,4 @@ def warm_up() -> None:
     zeros = np.zeros((3, 3), np.float32)
     interpolated_canny(zeros, zeros, zeros, 1.0, 2.0)
     texture_pair_counts(zeros)
+    orientation_sums(zeros, zeros, zeros, 8)

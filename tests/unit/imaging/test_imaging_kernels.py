@@ -15,9 +15,14 @@ import pytest
 
 from tests.unit.imaging.canny_reference import reference_canny
 from worker.imaging import gaussian_filter, sobel
-from worker.imaging.edges import Gradient, auto_thresholds
+from worker.imaging.edges import Gradient, auto_thresholds, orientation
 from worker.imaging.feature_vector import cooccurrence, quantise, window_cooccurrence
-from worker.imaging.kernels import interpolated_canny, texture_pair_counts, warm_up
+from worker.imaging.kernels import (
+    interpolated_canny,
+    orientation_sums,
+    texture_pair_counts,
+    warm_up,
+)
 from worker.phantoms import ct_slice
 
 
@@ -123,3 +128,29 @@ def test_texture_pair_counts_equal_opencv_quantise_and_count(row_step: int) -> N
 def test_texture_pair_counts_rejects_a_zero_row_step() -> None:
     with pytest.raises(ValueError, match="row_step"):
         texture_pair_counts(np.zeros((4, 4), np.float32), 0)
+
+
+def _numpy_orientation_sums(
+    gx: npt.NDArray[np.float32], gy: npt.NDArray[np.float32], w: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float64]:
+    # The feature vector's former numpy path: orientation(), then bincount.
+    half_bin = 90.0 / 8
+    deg = orientation(gx, gy).astype(np.float64)
+    bins = ((deg + half_bin) // (2 * half_bin)).astype(np.intp) % 8
+    return np.bincount(bins, weights=w.astype(np.float64), minlength=8)
+
+
+def test_orientation_sums_equal_the_numpy_path() -> None:
+    rng = np.random.default_rng(11)
+    n = 200_000
+    gx = rng.normal(0.0, 100.0, n).astype(np.float32)
+    gy = rng.normal(0.0, 100.0, n).astype(np.float32)
+    # Angles on and next to every bin boundary and axis, signed zeros, extreme magnitudes.
+    edges_deg = np.concatenate([np.arange(0.0, 360.0, 11.25), [-1e-7, 1e-7, 179.9999, 180.0]])
+    angles = np.radians(np.repeat(edges_deg, 3)) + np.tile([-1e-6, 0.0, 1e-6], edges_deg.size)
+    gx = np.concatenate([gx, np.cos(angles).astype(np.float32), np.float32([0.0, -0.0, 1e-30])])
+    gy = np.concatenate([gy, np.sin(angles).astype(np.float32), np.float32([-0.0, 0.0, 1e30])])
+    weights = np.hypot(gx, gy).astype(np.float32) + np.float32(1.0)
+    np.testing.assert_array_equal(
+        orientation_sums(gx, gy, weights, 8), _numpy_orientation_sums(gx, gy, weights)
+    )
