@@ -1,10 +1,10 @@
 """The PACS goes away during an export, for real: ``scanstream export`` (its own process) sends
-the SRs of 100 findings to a real Orthanc by STOW-RS; Orthanc is killed for 20 s in the middle
-and started again on the same storage. All 100 arrive, once each by SOP Instance UID; the
-worker's findings never stall meanwhile (the second half of the events is published and becomes
-findings and SRs while Orthanc is down); the exporter's ``/healthz`` says the destination is
-down; and one SR record that Orthanc refuses for good becomes one ``export_rejected`` dead letter
-without holding back the SRs after it.
+the SRs of 100 findings to a real Orthanc by STOW-RS; Orthanc is killed for 20 s or more in
+the middle and started again on the same storage. All 100 arrive, once each by SOP Instance
+UID; the worker's findings never stall meanwhile (the second half of the events is published
+and becomes findings and SRs while Orthanc is down); the exporter's ``/healthz`` says the
+destination is down; and one SR record that Orthanc refuses for good becomes one
+``export_rejected`` dead letter without holding back the SRs after it.
 
 What Orthanc 1.10.1 refuses for good: over STOW-RS, an instance without a StudyInstanceUID
 (HTTP 400, FailureReason 0xC000). Over C-STORE it refuses nothing for good (0xA700 for every
@@ -118,19 +118,22 @@ def test_a_pacs_outage_loses_nothing_and_stalls_nothing(
                 down_at = time.monotonic()
                 publish(settings, second)
                 # The worker goes on meanwhile: every finding and SR is produced, PACS or not.
+                # Orthanc is started again only after they are all read, so however long that
+                # takes on a slow machine, every one of them came while the PACS was down.
                 topics = read_topics(
                     settings,
                     [settings.findings_topic, settings.sr_topic],
                     at_least({settings.findings_topic: GOOD, settings.sr_topic: GOOD + 1}),
-                    timeout_s=OUTAGE_S - 5,
+                    timeout_s=120,
                     settle_s=0,
                 )
                 assert len(topics[settings.findings_topic]) == GOOD
-                assert time.monotonic() - down_at < OUTAGE_S
+                assert len(topics[settings.sr_topic]) >= GOOD + 1
                 wait_for(lambda: "unreachable" in healthz(port)[1], 10, "/healthz to say so")
                 status, body = healthz(port)
                 assert status == 200, body
                 assert body.startswith(f"waiting: export destination {settings.export_to} ")
+                # The outage lasts at least OUTAGE_S, and ends only here.
                 time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
                 orthanc.start()
                 wait_for(lambda: len(stored_srs(orthanc)) >= GOOD, 120, "every SR after it")

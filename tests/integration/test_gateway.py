@@ -3,6 +3,7 @@ analyses. Success is only ever answered for an instance whose event the broker h
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import re
@@ -166,23 +167,36 @@ def test_kill_9_during_a_transfer_loses_no_acknowledged_instance(
     port, log = free_port(), tmp_path / "gateway.log"
     with gateway_process(isolated_settings, port, log) as proc:
         assert STORESCU is not None
+        # storescu's log goes through a pipe of one page (Linux), so that it cannot run far
+        # ahead of this reader: it blocks once a few instances' lines are unread.
+        read_end, write_end = os.pipe()
+        if hasattr(fcntl, "F_SETPIPE_SZ"):
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
         sender = subprocess.Popen(
             [STORESCU, "-v", "-nh", "-aec", "SCANSTREAM", "127.0.0.1", str(port)]
             + [str(p) for p in files],
-            stdout=subprocess.PIPE,
+            stdout=write_end,
             stderr=subprocess.STDOUT,
-            text=True,
         )
-        assert sender.stdout is not None
-        lines, successes = [], 0
-        for line in sender.stdout:  # kill the gateway in the middle of the transfer
-            lines.append(line)
-            successes += "Received Store Response (Success)" in line
-            if successes == 60:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-        rest, _ = sender.communicate(timeout=120)
-        acknowledged = _successes("".join(lines) + rest)
+        os.close(write_end)
+        with open(read_end, encoding="utf-8", errors="replace") as output:
+            lines, successes = [], 0
+            for line in output:  # kill the gateway in the middle of the transfer
+                lines.append(line)
+                successes += "Received Store Response (Success)" in line
+                if successes == 60:
+                    # The sender is held while the gateway dies, so it cannot finish the
+                    # transfer first, however the two are scheduled.
+                    os.kill(sender.pid, signal.SIGSTOP)
+                    try:
+                        os.kill(proc.pid, signal.SIGKILL)
+                        proc.wait(timeout=30)
+                    finally:
+                        os.kill(sender.pid, signal.SIGCONT)
+                    break
+            lines.append(output.read())  # to storescu's end (the pytest timeout bounds it)
+        sender.wait(timeout=120)
+        acknowledged = _successes("".join(lines))
     assert 60 <= len(acknowledged) < len(files), len(acknowledged)
     # Restart; resend what was not acknowledged.
     with gateway_process(isolated_settings, port, tmp_path / "restarted.log"):

@@ -25,7 +25,9 @@ from worker.series.service import Summarizer
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
-QUIET_S = 5.0
+# Long enough that the study-complete record is read (and its summaries produced) well within
+# it on a loaded machine; which trigger ended each series is then told by its summary's fields.
+QUIET_S = 15.0
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +130,10 @@ def test_one_summary_per_series_by_quiet_and_by_study_complete(
     with summarizer_thread(settings) as summarizer:
         wait_for(summarizer.health.ready, 60, "the summarizer to join its group")
         publish(settings, settings.findings_topic, quiet + complete)
-        started = time.monotonic()
         publish(settings, settings.studies_topic, [study_complete(complete)])
-        wait_for(lambda: summarizer.produced >= 2, 60, "the study-complete summaries")
-        # Both series of the announced study, before the quiet period could have ended them.
-        assert summarizer.produced == 2 and time.monotonic() - started < QUIET_S
+        # Both series of the announced study are summarised by the record, before the quiet
+        # period could have ended them: their summaries say trigger "study_complete" at
+        # revision 1 (checked below), which a series the quiet period ended first cannot have.
         docs = summaries(settings, lambda got: len(got) >= 4)
 
         # A series still open when the summarizer stops: held, so the next one summarises it.

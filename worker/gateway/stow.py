@@ -112,6 +112,7 @@ class StowServer:
         self.expected = expected_authorization(settings.gateway_http_auth.reveal())
         self.max_body = settings.max_message_bytes * 4
         self._busy, self._closing, self._idle = 0, False, threading.Condition()
+        self._refusing = 0  # requests answered without a slot (503 busy, 405), still logging
         self._httpd = http.server.ThreadingHTTPServer(
             (settings.gateway_host, settings.gateway_http_port), _Handler
         )
@@ -124,17 +125,24 @@ class StowServer:
         self._thread.name = f"stow-{self.port}"
         self._thread.start()
 
-    def enter(self) -> bool:
-        """Take a request slot (False when all are in use or the server is closing)."""
+    def enter(self, refusal: bool = False) -> bool:
+        """Take a request slot: True. False when all are in use, the server is closing, or
+        ``refusal`` (a request answered without storing anything): it is counted apart, taking
+        no slot. Either way, call :meth:`leave` with what this returned once the request's log
+        line is written: :meth:`close` waits for both kinds."""
         with self._idle:
-            if self._closing or self._busy >= self.settings.gateway_max_associations:
+            if refusal or self._closing or self._busy >= self.settings.gateway_max_associations:
+                self._refusing += 1
                 return False
             self._busy += 1
             return True
 
-    def leave(self) -> None:
+    def leave(self, slot: bool = True) -> None:
         with self._idle:
-            self._busy -= 1
+            if slot:
+                self._busy -= 1
+            else:
+                self._refusing -= 1
             self._idle.notify_all()
 
     def store_all(
@@ -170,7 +178,9 @@ class StowServer:
         """Stop taking requests; wait (up to the ack timeout) for those in progress."""
         with self._idle:
             self._closing = True  # no new request gets a slot
-            self._idle.wait_for(lambda: not self._busy, self.settings.gateway_ack_timeout_s + 5)
+            self._idle.wait_for(
+                lambda: not (self._busy or self._refusing), self.settings.gateway_ack_timeout_s + 5
+            )
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -187,20 +197,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         counts = {"parts": 0, "stored": 0, "failed": 0}
         length = self._length()
         self._unread = length if length is not None and length <= stow.max_body else None
-        if not stow.enter():
-            status = self._text(503, "busy or stopping", {"Retry-After": "1"})
-            log.info("STOW-RS %s", status, extra={"fields": {"status": status, **counts}})
-            return
+        slot = stow.enter()
         try:
-            try:
-                status = self._post(stow, counts)
-            except Exception:  # a bug must not kill the thread silently
-                log.exception("STOW-RS internal error")
-                status = self._text(500, "internal error")
-            # Logged before the slot is freed, so close() waits for the line too.
+            if not slot:
+                status = self._text(503, "busy or stopping", {"Retry-After": "1"})
+            else:
+                try:
+                    status = self._post(stow, counts)
+                except Exception:  # a bug must not kill the thread silently
+                    log.exception("STOW-RS internal error")
+                    status = self._text(500, "internal error")
+            # Logged before the slot (or refusal) is let go, so close() waits for the line too.
             log.info("STOW-RS %s", status, extra={"fields": {"status": status, **counts}})
         finally:
-            stow.leave()
+            stow.leave(slot)
 
     def _post(self, stow: StowServer, counts: dict[str, int]) -> int:
         path = _PATH.fullmatch(urlsplit(self.path).path)
@@ -278,9 +288,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             log.info("STOW-RS reply not delivered: %s", type(exc).__name__)
 
     def do_GET(self) -> None:
+        stow: StowServer = self.server.stow  # type: ignore[attr-defined]
         self._unread = None
-        status = self._text(405, "STOW-RS takes POST only", {"Allow": "POST"})
-        log.info("STOW-RS %s", status, extra={"fields": {"status": status, "method": self.command}})
+        slot = stow.enter(refusal=True)  # no slot taken; close() waits for the line all the same
+        try:
+            status = self._text(405, "STOW-RS takes POST only", {"Allow": "POST"})
+            fields = {"status": status, "method": self.command}
+            log.info("STOW-RS %s", status, extra={"fields": fields})
+        finally:
+            stow.leave(slot)
 
     do_PUT = do_DELETE = do_PATCH = do_GET
 

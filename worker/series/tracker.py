@@ -261,5 +261,7 @@ class SeriesTracker:
             del self._studies[uid]
 
     def open_series(self) -> int:
-        """Series with findings not yet in an acknowledged summary."""
-        return sum(1 for s in self._series.values() if s.dirty)
+        """Series with findings not yet in an acknowledged summary. Safe to call from another
+        thread than the loop that owns the tracker (health checks, tests): it counts over a
+        snapshot, as iterating the dict itself fails when that loop adds a series meanwhile."""
+        return sum(1 for s in list(self._series.values()) if s.dirty)
