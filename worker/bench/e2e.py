@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 from kafka import KafkaConsumer, TopicPartition
 
+from worker.bench.cpu import CpuMeter, own_cpu_s, tree_cpu_s
 from worker.bench.report import latency_summary
 from worker.bench.scrape import stage_means
 from worker.broker import free_port
@@ -259,6 +260,9 @@ class WorkerProcess:
                 cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
 
+    def pids(self) -> list[int]:
+        return [self._proc.pid]
+
     def check(self) -> None:
         if self._proc.poll() is not None:
             raise BenchError(f"the worker exited with {self._proc.returncode}: {self.log_tail()}")
@@ -293,6 +297,8 @@ class Workers(Protocol):
     @property
     def processes(self) -> int: ...
 
+    def pids(self) -> list[int]: ...
+
     def check(self) -> None: ...
 
     def scrape(self) -> str: ...
@@ -307,6 +313,18 @@ class Phase:
     pub: Publisher
     reader: FindingReader
     worker: Workers
+    broker_pid: int | None = None  # a broker this run started, for its CPU time
+
+    def cpu_meter(self) -> CpuMeter:
+        """CPU by role: the worker process(es), the broker, and this benchmark process."""
+        broker_pid = self.broker_pid
+        return CpuMeter(
+            {
+                "worker": lambda: tree_cpu_s(self.worker.pids()),
+                "broker": lambda: None if broker_pid is None else tree_cpu_s([broker_pid]),
+                "bench": own_cpu_s,
+            }
+        )
 
     def wait_for(self, ids: Sequence[str], timeout_s: float) -> dict[str, Arrival]:
         try:
@@ -342,16 +360,17 @@ def phase(
     warm_event: Event,
     log_dir: Path,
     extra_env: Mapping[str, str] | None = None,
+    broker_pid: int | None = None,
 ) -> Iterator[Phase]:
     """Fresh topics and group, a reader, a publisher and a warmed-up worker (``extra_env`` in its
-    environment); all torn down after."""
+    environment); all torn down after. ``broker_pid``: the local broker's, for its CPU time."""
     settings = phase_settings(base, bootstrap, tag)
     reader = FindingReader(bootstrap, settings)
     pub = Publisher(bootstrap, settings)
     worker: WorkerProcess | None = None
     try:
         worker = WorkerProcess(settings, processes, naive, log_dir / f"{tag}.log", extra_env)
-        ph = Phase(pub, reader, worker)
+        ph = Phase(pub, reader, worker, broker_pid)
         warm_up(ph, warm_event, timeout_s=180.0)
         yield ph
         worker.check()  # a worker that died mid-phase makes the phase's figures meaningless
@@ -378,14 +397,18 @@ def _answered(arrivals: dict[str, Arrival]) -> dict[str, Any]:
 
 
 def saturate(ph: Phase, events: Sequence[Event], n: int, timeout_s: float) -> dict[str, Any]:
-    """Publish ``n`` events back to back; frames answered per second until the last finding."""
+    """Publish ``n`` events back to back; frames answered per second until the last finding,
+    and the CPU each role (worker, broker, this process) used per event meanwhile."""
     before = ph.worker.scrape()
+    meter = ph.cpu_meter()
+    cpu_start = meter.sample()
     t0 = time.time()
     ids = [ph.pub.send(events[i % len(events)])[0] for i in range(n)]
     ph.pub.flush()
     published = time.time() - t0
     arrivals = ph.wait_for(ids, timeout_s)
     seconds = max(a.arrived for a in arrivals.values()) - t0
+    cpu = meter.per_event(cpu_start, n, time.time() - t0)
     out = _answered(arrivals)
     return {
         "events": n,
@@ -393,6 +416,7 @@ def saturate(ph: Phase, events: Sequence[Event], n: int, timeout_s: float) -> di
         "seconds": round(seconds, 3),
         "publish_s": round(published, 3),
         "img_s": round(out["frames"] / seconds, 2),
+        **cpu,
         **_stages(ph, before),
     }
 

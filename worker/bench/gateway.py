@@ -243,8 +243,8 @@ def _bootstrap(settings: Settings, tmp: Path) -> Iterator[tuple[str, str]]:
         return
     from worker.bench.suite import _kafka  # suite imports this module lazily: no cycle
 
-    with _kafka(settings, tmp) as found:
-        yield found
+    with _kafka(settings, tmp) as (bootstrap, where, _):
+        yield bootstrap, where
 
 
 def run_gateway_stage(settings: Settings, instances: int = DEFAULT_INSTANCES) -> dict[str, Any]:

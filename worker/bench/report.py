@@ -19,12 +19,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from worker.bench.cpu import cpu_rows
+
 #: Targets of issue 8: measured and reported, never asserted.
 TARGETS: Final = {"ratio_to_limit": 0.9, "ratio_to_naive": 3.0, "p99_ms_at_50pct": 50.0}
 #: Targets of the imaging stage (issue 16), both "at most": ours within 2x of the sum of the
 #: bare library calls, and no slower than the textbook recipe. Kept apart from :data:`TARGETS`,
 #: whose ratios are "at least" targets. Reported, never asserted.
 IMAGING_TARGETS: Final = {"ratio_to_floor": 2.0, "ratio_to_recipe": 1.0}
+
+
+_CPU_NOTE = (
+    "CPU per event during each saturation burst, by process: the worker (all its threads and "
+    "processes), the local broker, and this benchmark process (publisher and reader); cores "
+    "busy is their total over the burst's wall time (see worker/bench/cpu.py)."
+)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -150,6 +159,10 @@ def render_markdown(result: Mapping[str, Any]) -> str:
             ],
         ]
         out += [*_table(["measurement", "img/s", "note"], rows), ""]
+        if cpu := cpu_rows(result):
+            out += ["### CPU per event in the saturation bursts", "", _CPU_NOTE, ""]
+            header = ["burst", "img/s", "worker ms", "broker ms", "bench ms", "cores busy"]
+            out += [*_table(header, cpu), ""]
     latency = result.get("latency") or []
     if latency:
         out += ["## Latency against offered load (1 worker process)", ""]

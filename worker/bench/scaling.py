@@ -66,6 +66,9 @@ class WorkerGroup:
         """SIGTERM to the oldest member, as a scale-down does: it drains and leaves."""
         self.members.pop(0).stop()
 
+    def pids(self) -> list[int]:
+        return [pid for member in self.members for pid in member.pids()]
+
     def check(self) -> None:
         for member in self.members:
             member.check()
@@ -165,7 +168,7 @@ def bench_scaling(settings: Settings) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="scanstream-scaling-") as tmp_name:
         tmp = Path(tmp_name)
-        with _kafka(settings, tmp) as (bootstrap, where):
+        with _kafka(settings, tmp) as (bootstrap, where, _):
             for count in PROCESSES:
                 with group_phase(settings, bootstrap, f"scale{count}", count, big[0], tmp) as (
                     ph,

@@ -226,15 +226,17 @@ def _merge(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def _kafka(settings: Settings, tmp: Path) -> Iterator[tuple[str, str]]:
-    """(bootstrap, description): the configured broker, or a local one for this run only."""
+def _kafka(settings: Settings, tmp: Path) -> Iterator[tuple[str, str, int | None]]:
+    """(bootstrap, description, pid): the configured broker (no pid), or a local one for this
+    run only."""
     if settings.bootstrap_servers:
-        yield settings.bootstrap_servers, f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers}"
+        where = f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers}"
+        yield settings.bootstrap_servers, where, None
         return
     state = tmp / "broker"
     info, _ = broker.start(state_dir=state)
     try:
-        yield info.bootstrap, f"local Apache Kafka {info.version} (started for this run)"
+        yield info.bootstrap, f"local Apache Kafka {info.version} (started for this run)", info.pid
     finally:
         broker.stop(state_dir=state)
 
@@ -259,7 +261,7 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
     latency: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="scanstream-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        with _kafka(settings, tmp) as (bootstrap, where):
+        with _kafka(settings, tmp) as (bootstrap, where, broker_pid):
             _say(f"broker: {where}")
             # Written once, read by the worker on every event: what the claim check adds.
             refs, allow = write_references(events, tmp / "references")
@@ -269,7 +271,7 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
                 ("naive", 1, True, n_naive, events, {}),
                 ("reference", 1, False, n_naive, refs, allow),
             ):
-                args = (settings, bootstrap, tag, processes, naive, work[0], tmp, env)
+                args = (settings, bootstrap, tag, processes, naive, work[0], tmp, env, broker_pid)
                 with e2e.phase(*args) as ph:
                     runs = [e2e.saturate(ph, work, n, _TIMEOUT_S) for _ in range(_BURSTS)]
                 # As for the limit: the best burst is the one least disturbed by other load.
@@ -282,7 +284,9 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
             for load in LOADS:
                 offered, tag = load * saturation, f"load{int(load * 100)}"
                 n = _clamp(15 * offered, 150, 900)  # ~15 s: enough samples for a p99
-                with e2e.phase(settings, bootstrap, tag, 1, False, events[0], tmp) as ph:
+                with e2e.phase(
+                    settings, bootstrap, tag, 1, False, events[0], tmp, broker_pid=broker_pid
+                ) as ph:
                     row = {"load": load, **e2e.paced(ph, events, offered, n, _TIMEOUT_S)}
                 latency.append(row)
                 _say(f"load {load:.0%}: p50 {row.get('p50_ms')} ms, p99 {row.get('p99_ms')} ms")

@@ -72,15 +72,16 @@ def test_bench_e2e_runs_a_reference_phase_and_reports_it(monkeypatch: pytest.Mon
     rates = {"worker1": 90.0, "worker2": 150.0, "naive": 40.0, "reference": 81.23}
 
     @contextmanager
-    def fake_kafka(settings: Settings, tmp: Path) -> Iterator[tuple[str, str]]:
-        yield "localhost:1", "fake broker"
+    def fake_kafka(settings: Settings, tmp: Path) -> Iterator[tuple[str, str, int | None]]:
+        yield "localhost:1", "fake broker", 4242
 
     @contextmanager
     def fake_phase(
         settings: Settings, bootstrap: str, tag: str, processes: int, naive: bool,
         warm: e2e.Event, log_dir: Path, extra_env: dict[str, str] | None = None,
+        broker_pid: int | None = None,
     ) -> Iterator[str]:  # fmt: skip
-        calls[tag] = {"warm": warm, "env": extra_env}
+        calls[tag] = {"warm": warm, "env": extra_env, "broker_pid": broker_pid}
         yield tag
 
     def fake_saturate(tag: str, events: Any, n: int, timeout_s: float) -> dict[str, Any]:
@@ -112,6 +113,8 @@ def test_bench_e2e_runs_a_reference_phase_and_reports_it(monkeypatch: pytest.Mon
     assert set(ref["env"]) == {ALLOW} and ref["n"] == calls["naive"]["n"]
     assert {e.content_type for e in ref["events"]} == {JSON_TYPE}
     assert ref["warm"].content_type == JSON_TYPE  # the warm-up reads a file too
+    # Every phase is told the local broker's pid, for the CPU table.
+    assert {c["broker_pid"] for c in calls.values()} == {4242}
     for tag in ("worker1", "worker2", "naive"):
         assert not calls[tag]["env"]
         assert {e.content_type for e in calls[tag]["events"]} == {DICOM_TYPE}
