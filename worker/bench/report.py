@@ -92,7 +92,7 @@ def _target_cell(result: Mapping[str, Any], key: str) -> str:
 
 
 _STAGE_KEYS: Final = (
-    "events_per_poll",
+    "events_per_chunk",
     "arrival_ms",
     "arrival_p99_ms",
     "queue_ms",
@@ -108,8 +108,9 @@ _STAGE_KEYS: Final = (
     "commit_ms",
 )
 _STAGE_NOTE: Final = (
-    "Means per event (decode to svm; cnn/svm per inference batch), per inference batch "
-    "(batch_size: frames), and per polled batch (produce: flush and acks; commit). The waits "
+    "Means per event (decode to svm; cnn/svm per inference batch, one per chunk), per poll "
+    "(batch_size: events a poll returned), and per chunk (events_per_chunk: events computed "
+    "and delivered together; produce: send and acks; commit). The waits "
     "before compute, per event: arrival (sent-at to the poll that returned the event: the "
     "producer, the broker, the fetch, and any time the loop was busy elsewhere) and queue (that "
     "poll's return to the start of its chunk's compute); their p99 is estimated from the "

@@ -28,8 +28,8 @@ def stage_means(before: str, after: str) -> dict[str, float]:
     """Mean ms per observation of each worker stage between two ``/metrics`` scrapes.
 
     Also ``batch_size``, the mean of the worker's ``scanstream_batch_size`` histogram, and
-    ``events_per_poll`` (decode observations per produce observation: the loop decodes once per
-    event and produces once per polled batch). Stages without observations are left out.
+    ``events_per_chunk`` (decode observations per produce observation: the loop decodes once per
+    event and delivers once per computed chunk). Stages without observations are left out.
 
     >>> line = 'scanstream_stage_duration_seconds_{}{{stage="commit"}} {}'.format
     >>> a = line("sum", 0.5) + "\\n" + line("count", 10.0)
@@ -48,9 +48,9 @@ def stage_means(before: str, after: str) -> dict[str, float]:
             mean = (total - old.get((name, stage, "sum"), 0.0)) / count
             key = "batch_size" if name == "batch_size" else f"{stage}_ms"
             out[key] = round(mean if name == "batch_size" else mean * 1e3, 3)
-    # decode is observed once per event, produce once per polled batch.
+    # decode is observed once per event, produce once per delivered chunk.
     if counts.get("decode") and counts.get("produce"):
-        out["events_per_poll"] = round(counts["decode"] / counts["produce"], 3)
+        out["events_per_chunk"] = round(counts["decode"] / counts["produce"], 3)
     for stage in WAIT_STAGES:
         p99 = stage_quantile(before, after, stage, 0.99)
         if p99 is not None:

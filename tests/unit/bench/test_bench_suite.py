@@ -161,7 +161,7 @@ def _result() -> dict[str, Any]:
         "phases": {
             "worker1": {
                 "img_s": 95.0,
-                "bursts": [{"img_s": 95.0, "worker_stage_means": {"events_per_poll": 50.0}}],
+                "bursts": [{"img_s": 95.0, "worker_stage_means": {"events_per_chunk": 50.0}}],
             }
         },
         "imaging": {"total_ms_per_slice": 4.2},
