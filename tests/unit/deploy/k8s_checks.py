@@ -43,8 +43,9 @@ COMMANDS = {
     GATEWAY: ["scanstream", "gateway"],
     EXPORT: ["scanstream", "export"],
 }
-# The one variable outside SCANSTREAM_* that worker.settings reads (Settings.from_env).
-OTHER_KNOWN = frozenset({"KAFKA_BOOTSTRAP_SERVERS"})
+# Variables outside SCANSTREAM_*: the Kafka convention worker.settings also reads
+# (Settings.from_env), and numba's cache directory (worker/imaging/kernels.py).
+OTHER_KNOWN = frozenset({"KAFKA_BOOTSTRAP_SERVERS", "NUMBA_CACHE_DIR"})
 BOOTSTRAP_VARIABLES = ("SCANSTREAM_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS")
 # Settings whose value is a file the pod must have (the secret mounts).
 FILE_SETTINGS = frozenset(
