@@ -164,14 +164,17 @@ def _pair_counts(
     scale = np.float32(15.0)
     for r in range(0, h, row_step):
         # As cv2.convertScaleAbs(w, alpha=15) for w in [0, 1]: float32 product, rounded half
-        # to even.
+        # to even. Levels are clamped to 0..15 (NaN to 0), as quantise() clips first: values
+        # outside [0, 1] must never index outside the histogram.
         for c in range(w):
-            top[c] = np.int64(np.rint(windowed[r, c] * scale))
+            q = np.rint(windowed[r, c] * scale)
+            top[c] = 0 if not q > 0 else (15 if q > 15 else np.int64(q))
         for c in range(w - 1):
             hist[c & 3, top[c] * 16 + top[c + 1]] += 1
         if r + 1 < h:
             for c in range(w):
-                below[c] = np.int64(np.rint(windowed[r + 1, c] * scale))
+                q = np.rint(windowed[r + 1, c] * scale)
+                below[c] = 0 if not q > 0 else (15 if q > 15 else np.int64(q))
             for c in range(w):
                 hist[4 + (c & 3), top[c] * 16 + below[c]] += 1
     return hist[:4].sum(axis=0), hist[4:].sum(axis=0)
@@ -248,8 +251,10 @@ def texture_pair_counts(
     """Pair counts (256 each: first level * 16 + second) at distance 1, 0 and 90 degrees.
 
     ``windowed`` holds values in [0, 1], quantised to ``round(15 w)`` (half to even, as
-    ``cv2.convertScaleAbs``); pairs start on rows ``0, row_step, ...`` (the vertical pair of
-    the last row only when a row follows it). Not symmetrised or normalised.
+    ``cv2.convertScaleAbs``; values outside are clipped first, as
+    :func:`~worker.imaging.feature_vector.quantise` does, and NaN counts as 0); pairs start on
+    rows ``0, row_step, ...`` (the vertical pair of the last row only when a row follows it).
+    Not symmetrised or normalised.
 
     >>> h, v = texture_pair_counts(np.float32([[0, 1], [0, 1]]))
     >>> int(h[0 * 16 + 15]), int(v[0]), int(v[15 * 16 + 15]), int(h.sum()), int(v.sum())

@@ -9,6 +9,7 @@ rounding ties included.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -154,3 +155,40 @@ def test_orientation_sums_equal_the_numpy_path() -> None:
     np.testing.assert_array_equal(
         orientation_sums(gx, gy, weights, 8), _numpy_orientation_sums(gx, gy, weights)
     )
+
+
+def test_texture_levels_are_clipped_as_quantise_clips() -> None:
+    rng = np.random.default_rng(5)
+    windowed = rng.uniform(-2.0, 3.0, (40, 33)).astype(np.float32)
+    ours, ref = window_cooccurrence(windowed, 2), cooccurrence(quantise(windowed), 2)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_array_equal(a, b)
+    windowed[::3, ::5] = np.nan  # never an index outside the histograms
+    horizontal, vertical = texture_pair_counts(windowed, 2)
+    assert int(horizontal.sum()) == 20 * 32 and int(vertical.sum()) == 20 * 33
+
+
+def test_no_loop_reads_or_writes_outside_its_arrays() -> None:
+    # numba does not check indices by default: the same loops compiled with boundscheck=True
+    # raise IndexError on any access outside an array, on edge cases of every kind.
+    from worker.imaging import kernels
+
+    checked = {
+        f.__name__: numba.njit(boundscheck=True, error_model="numpy")(f)
+        for f in (kernels._kernel, kernels._pair_counts, kernels._orientation_sums)
+    }
+    rng = np.random.default_rng(9)
+    for shape in [(1, 1), (1, 7), (7, 1), (2, 2), (3, 3), (4, 9), (64, 48)]:
+        image = rng.normal(0.0, 50.0, shape).astype(np.float32)
+        image[0, 0] = np.nan
+        g = sobel(np.nan_to_num(image))
+        mag = g.magnitude.copy()
+        mag.ravel()[:: max(1, mag.size // 5)] = np.nan
+        for low, high in [(1e-30, 1e-30), (1.0, 50.0), (np.inf, np.inf)]:
+            args = (g.gx, g.gy, mag, np.float32(low), np.float32(high))
+            checked["_kernel"](*args)
+            checked["_kernel"](g.gx, g.gy, g.magnitude, np.float32(low), np.float32(high))
+        for step in (1, 2, 5):
+            checked["_pair_counts"](image * np.float32(0.02), step)
+        flat = image.ravel()
+        checked["_orientation_sums"](flat, np.abs(np.nan_to_num(flat)), 8)
