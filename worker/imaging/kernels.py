@@ -207,13 +207,20 @@ def _orientation_sums(
 
 def _compile(function: Any) -> _Kernel:
     # error_model="numpy": 0/0 is NaN as in numpy (never raised), so every comparison with it
-    # is False, as in the numpy formulation.
+    # is False, as in the numpy formulation. No bounds checks (they cost speed): the public
+    # functions below check shapes, and a test runs every loop with boundscheck=True.
     options: dict[str, Any] = {"nogil": True, "error_model": "numpy"}
     try:
         return numba.njit(cache=True, **options)(function)
     except RuntimeError as exc:  # numba found no writable cache location
-        log.info("compiled Canny not cached on disk (%s); compiling per process", exc)
+        log.info("compiled %s not cached (%s); compiling per process", function.__name__, exc)
         return numba.njit(**options)(function)
+
+
+def _same_2d(*arrays: npt.NDArray[Any]) -> None:
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1 or arrays[0].ndim != 2:
+        raise ValueError(f"expected 2-D arrays of one shape, got {sorted(shapes)}")
 
 
 _compiled: _Kernel = _compile(_kernel)
@@ -235,6 +242,7 @@ def interpolated_canny(
     largest total magnitude, ``None`` when there are no edges. Example in the module docstring.
     """
     arrays = [np.ascontiguousarray(a, np.float32) for a in (gx, gy, mag)]
+    _same_2d(*arrays)
     edges, idx, count, x, y, width, height = _compiled(*arrays, np.float32(low), np.float32(high))
     bbox = (int(x), int(y), int(width), int(height)) if count else None
     return (
@@ -262,7 +270,9 @@ def texture_pair_counts(
     """
     if row_step < 1:
         raise ValueError(f"row_step must be at least 1, got {row_step}")
-    horizontal, vertical = _compiled_pairs(np.ascontiguousarray(windowed, np.float32), row_step)
+    windowed = np.ascontiguousarray(windowed, np.float32)
+    _same_2d(windowed)
+    horizontal, vertical = _compiled_pairs(windowed, row_step)
     return (
         cast("npt.NDArray[np.int64]", horizontal),
         cast("npt.NDArray[np.int64]", vertical),
@@ -287,12 +297,13 @@ def orientation_sums(
     """
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
-    radians = np.arctan2(np.asarray(gy, np.float32), np.asarray(gx, np.float32))
-    sums = _compiled_orientations(
-        np.ascontiguousarray(radians, np.float32).ravel(),
-        np.ascontiguousarray(weights, np.float32).ravel(),
-        bins,
-    )
+    radians = np.ascontiguousarray(
+        np.arctan2(np.asarray(gy, np.float32), np.asarray(gx, np.float32)), np.float32
+    ).ravel()
+    flat_weights = np.ascontiguousarray(weights, np.float32).ravel()
+    if radians.size != flat_weights.size:
+        raise ValueError(f"{radians.size} gradients but {flat_weights.size} weights")
+    sums = _compiled_orientations(radians, flat_weights, bins)
     return cast("npt.NDArray[np.float64]", sums)
 
 

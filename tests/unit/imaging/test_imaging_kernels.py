@@ -192,3 +192,15 @@ def test_no_loop_reads_or_writes_outside_its_arrays() -> None:
             checked["_pair_counts"](image * np.float32(0.02), step)
         flat = image.ravel()
         checked["_orientation_sums"](flat, np.abs(np.nan_to_num(flat)), 8)
+
+
+def test_mismatched_or_flat_arrays_are_refused_before_the_loops() -> None:
+    square, wide = np.zeros((4, 4), np.float32), np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match="one shape"):
+        interpolated_canny(square, square, wide, 1.0, 2.0)
+    with pytest.raises(ValueError, match="2-D"):
+        interpolated_canny(*[np.zeros(16, np.float32)] * 3, 1.0, 2.0)
+    with pytest.raises(ValueError, match="2-D"):
+        texture_pair_counts(np.zeros(16, np.float32))
+    with pytest.raises(ValueError, match="weights"):
+        orientation_sums(square, square, np.zeros(3, np.float32), 8)
