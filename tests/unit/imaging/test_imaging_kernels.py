@@ -204,3 +204,23 @@ def test_mismatched_or_flat_arrays_are_refused_before_the_loops() -> None:
         texture_pair_counts(np.zeros(16, np.float32))
     with pytest.raises(ValueError, match="weights"):
         orientation_sums(square, square, np.zeros(3, np.float32), 8)
+
+
+def test_without_a_writable_cache_the_loops_compile_per_process(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from worker.imaging import kernels
+
+    real_njit = numba.njit
+
+    def njit(**options: object) -> object:
+        if options.get("cache"):  # as numba does when no cache location is writable
+            raise RuntimeError("cannot cache function '_pair_counts': no locator available")
+        return real_njit(**options)
+
+    monkeypatch.setattr(kernels.numba, "njit", njit)
+    caplog.set_level("INFO", logger="worker.imaging.kernels")
+    compiled = kernels._compile(kernels._pair_counts)
+    horizontal, _ = compiled(np.zeros((2, 3), np.float32), 1)
+    assert int(horizontal[0]) == 4  # two rows of two (0, 0) pairs
+    assert "compiled _pair_counts not cached" in caplog.text
