@@ -93,6 +93,29 @@ def exporter_process(settings: Settings, metrics_port: int, log: Path) -> subpro
         )
 
 
+def diagnosis(settings: Settings, port: int, tmp_path: Path) -> str:
+    """What a failed wait needs to say: SRs produced so far, the exporter's health and log."""
+    parts = []
+    try:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+        try:
+            tps = [TopicPartition(str(settings.sr_topic), p) for p in range(3)]
+            parts.append(f"SR records on the topic: {sum(consumer.end_offsets(tps).values())}")
+        finally:
+            consumer.close()
+    except Exception as exc:  # noqa: BLE001 - a diagnosis never hides the failure
+        parts.append(f"SR count unknown ({exc!r})")
+    try:
+        parts.append(f"exporter /healthz: {healthz(port)}")
+    except OSError as exc:
+        parts.append(f"exporter /healthz: {exc!r}")
+    log = (tmp_path / "export.log").read_text(errors="replace")[-2000:]
+    parts.append(f"exporter log: ...{log}")
+    return "; ".join(parts)
+
+
 def test_a_pacs_outage_loses_nothing_and_stalls_nothing(
     tmp_path: Path, isolated_settings: Settings
 ) -> None:
@@ -112,7 +135,10 @@ def test_a_pacs_outage_loses_nothing_and_stalls_nothing(
         try:
             with worker_thread(settings):
                 publish(settings, first)
-                wait_for(lambda: len(stored_srs(orthanc)) >= 20, 120, "20 SRs before the outage")
+                try:
+                    wait_for(lambda: len(stored_srs(orthanc)) >= 20, 120, "20 SRs before outage")
+                except AssertionError as exc:  # say which side stalled (seen twice, under load)
+                    raise AssertionError(f"{exc}; {diagnosis(settings, port, tmp_path)}") from exc
                 refused = refused_record(settings)  # before the later SRs of its partition
                 orthanc.stop(kill=True)
                 down_at = time.monotonic()
