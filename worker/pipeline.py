@@ -216,8 +216,9 @@ class Pipeline:
         self._reader, self._clock, self._sleep = reader, clock, sleep
         self._card_notes = tuple(card.intended_use for card in models.cards)
         self.domains = domains_of(models)
-        if imaging.canny_method == "interpolated":
-            kernels.warm_up()  # compiled here, at start, not on the first event
+        # Compiled here, at start, not on the first event: the feature vector uses the
+        # compiled loops whatever the Canny method.
+        kernels.warm_up()
 
     def process(
         self, events: Sequence[ScanEvent], sources: Sequence[dict[str, Any] | None] | None = None

@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from worker.imaging.edges import _regions
+
 Result = tuple[npt.NDArray[np.uint8], npt.NDArray[np.intp], int, tuple[int, int, int, int] | None]
 
 
@@ -57,13 +59,6 @@ def reference_canny(
     seeded[labels[fm >= np.float32(high)]] = True
     final = seeded[labels]
     edges.ravel()[idx] = np.where(final, 255, 0).astype(np.uint8)
-    idx, labels, fm = idx[final], labels[final], fm[final]
-    if idx.size == 0:
-        return edges, idx, 0, None
-    # Labels are numbered in raster order of first pixel; argmax takes the first maximum.
-    totals = np.bincount(labels, weights=fm.astype(np.float64), minlength=n)
-    best = idx[labels == int(np.argmax(totals))]
-    ys, xs = np.divmod(best, w)
-    x0, y0 = int(xs.min()), int(ys.min())
-    bbox = (x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1)
-    return edges, idx, int(np.count_nonzero(totals)), bbox
+    # The regions as before the kernel, and as the opencv method's edge_regions still does.
+    regions = _regions(idx[final], labels[final], fm[final], w, n)
+    return edges, idx[final], regions.components, regions.bbox
