@@ -330,11 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from worker.runtime import jsonlog
+    from worker.runtime import allocator, jsonlog
 
     try:
-        level = args.log_level or Settings.from_env().log_level
-        jsonlog.setup(level)
+        env_settings = Settings.from_env()
+        jsonlog.setup(args.log_level or env_settings.log_level)
+        allocator.tune(env_settings.malloc_tune)  # every command here handles images
         code: int = args.func(args)
         return code
     except (ConfigError, BrokerError, ModelError) as exc:

@@ -152,6 +152,8 @@ class Settings:
     alert_rules: tuple[AlertRule, ...] = (AlertRule("lesion", 0.9, "CT", "high"),)
     thumbnail_dir: str | None = None
     log_level: str = "INFO"
+    # glibc malloc keeps blocks up to 32 MiB on the heap, for reuse (worker/runtime/allocator.py)
+    malloc_tune: bool = True
     # Reference events: URI prefixes the worker may read (comma separated in the environment).
     # Empty: every reference event is refused (reference_refused). See worker/references.py.
     reference_allow: tuple[str, ...] = ()

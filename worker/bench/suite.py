@@ -146,7 +146,9 @@ def _limit_child(
     together with the other processes' behind ``barrier``."""
     from worker.inference import ModelSet
     from worker.pipeline import Pipeline
+    from worker.runtime import allocator
 
+    allocator.tune(settings.malloc_tune)  # as in a worker process: like is compared with like
     models = ModelSet.load(
         Path(settings.models_dir) if settings.models_dir else None,
         settings.require_gpu,

@@ -39,6 +39,7 @@ from kafka.serializer import Serializer
 
 from worker import broker
 from worker.errors import BrokerError, ConfigError
+from worker.runtime import kafka_recv as kafka_recv  # installs bigger socket reads
 from worker.runtime import security
 from worker.runtime.connect import login_hint
 from worker.runtime.connect import wait_for_broker as wait_for_broker

@@ -17,6 +17,7 @@ from worker import __version__
 from worker.errors import BrokerError, ModelError
 from worker.inference import ModelSet
 from worker.metrics import Health, Metrics, serve
+from worker.runtime import allocator
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.acls import check_access, transactional_prefix
 from worker.runtime.loop import Worker
@@ -79,6 +80,7 @@ def start_worker(
 def run_worker(
     settings: Settings, drain: bool = False, processes: int = 1, max_events: int | None = None
 ) -> int:
+    allocator.tune(settings.malloc_tune)  # before the first image-sized buffer
     # Local misconfiguration (models, GPU) fails before anything touches the network.
     models = load_models(settings)
     bootstrap, _ = kafka_clients.resolve_bootstrap(settings, start_local=True)
