@@ -50,51 +50,44 @@ _KNOWN: Final = {
 }
 
 
-def _tcp_sock_recv(self: Any) -> tuple[bytes, Exception | None]:
+# What a non-blocking read raises when nothing more is there (TLS adds its own two).
+_TCP_DRAINED: Final = (BlockingIOError, InterruptedError)
+_TLS_DRAINED: Final = (*_TCP_DRAINED, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def _read_available(
+    transport: Any, drained: tuple[type[BaseException], ...], stop_at_short_read: bool
+) -> tuple[bytes, Exception | None]:
+    """kafka-python's read loop with :data:`RECV_BYTES` reads: everything the socket has now,
+    and the error that closes the connection, if any."""
     recvd: list[bytes] = []
     err: Exception | None = None
     while True:
         try:
-            data = self._sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+            data = transport._sock.recv(RECV_BYTES)
+        except drained:
             break
         except BaseException as e:  # as kafka-python: any other failure closes the connection
-            log.exception("%s: Error receiving network data closing socket", self)
+            log.exception("%s: Error receiving network data closing socket", transport)
             err = kafka_errors.KafkaConnectionError(e)
             break
         if not data:
-            log.error("%s: socket disconnected", self)
+            log.error("%s: socket disconnected", transport)
             err = kafka_errors.KafkaConnectionError("socket disconnected")
             break
         recvd.append(data)
-        if len(data) < RECV_BYTES:
+        if stop_at_short_read and len(data) < RECV_BYTES:
             break  # the kernel's buffer is empty: wait for the selector to wake us again
     return b"".join(recvd), err
 
 
+def _tcp_sock_recv(self: Any) -> tuple[bytes, Exception | None]:
+    return _read_available(self, _TCP_DRAINED, stop_at_short_read=True)
+
+
 def _ssl_sock_recv(self: Any) -> tuple[bytes, Exception | None]:
-    recvd: list[bytes] = []
-    err: Exception | None = None
-    while True:
-        try:
-            data = self._sock.recv(RECV_BYTES)
-        except (
-            BlockingIOError,
-            InterruptedError,
-            ssl.SSLWantReadError,
-            ssl.SSLWantWriteError,
-        ):
-            break
-        except BaseException as e:
-            log.exception("%s: Error receiving network data closing socket", self)
-            err = kafka_errors.KafkaConnectionError(e)
-            break
-        if not data:
-            log.error("%s: socket disconnected", self)
-            err = kafka_errors.KafkaConnectionError("socket disconnected")
-            break
-        recvd.append(data)
-    return b"".join(recvd), err
+    # A short read says nothing here: decrypted bytes may still wait in the SSL object.
+    return _read_available(self, _TLS_DRAINED, stop_at_short_read=False)
 
 
 def source_hash(method: Any) -> str:
