@@ -85,7 +85,8 @@ def run_demo(
     settings = settings.replace(group_id=f"scanstream-demo-{run_id}", worker_id=f"demo-{run_id}")
     try:
         kafka_clients.ensure_topics(bootstrap, settings)
-        worker, _, health = start_worker(settings, bootstrap, auto_offset_reset="latest")
+        start_group_at_end(bootstrap, settings)
+        worker, _, health = start_worker(settings, bootstrap)
         thread = threading.Thread(target=worker.run, name="worker", daemon=True)
         thread.start()
         try:
@@ -101,6 +102,32 @@ def run_demo(
         if started_broker:
             broker.stop()
             print("stopped the local broker")
+
+
+def start_group_at_end(bootstrap: str, settings: Settings) -> dict[Any, int]:
+    """Commit the events topic's end offsets for ``settings.group_id`` (a group nobody has
+    joined yet), so that its worker starts after the backlog and never skips what comes later.
+
+    The demo once started its worker with ``auto_offset_reset="latest"`` instead. That skips
+    events whenever the group rebalances before its first commit of a partition: the member
+    rejoins, finds no committed offset, and jumps to the end, past events it had fetched and
+    not yet committed. A CI run under load once answered 5 of 19, after a
+    ``RebalanceInProgressError`` on a commit, and then nothing: the pattern this explains.
+    With the start committed, a rebalance replays instead.
+    Returns the offsets committed.
+    """
+    from kafka import OffsetAndMetadata, TopicPartition
+
+    pin = kafka_clients.consumer(bootstrap, settings)  # in the group, never subscribed
+    try:
+        topic = settings.events_topic
+        tps = [TopicPartition(topic, p) for p in sorted(pin.partitions_for_topic(topic) or ())]
+        ends: dict[Any, int] = pin.end_offsets(tps) if tps else {}
+        if ends:
+            pin.commit({tp: OffsetAndMetadata(end, "", -1) for tp, end in ends.items()})
+        return ends
+    finally:
+        pin.close(autocommit=False)
 
 
 def _publish_and_watch(

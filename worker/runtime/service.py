@@ -45,7 +45,7 @@ def start_worker(
 ) -> tuple[Worker, Metrics, Health]:
     """Everything that can fail at start fails here, before the first poll.
 
-    ``consumer_config`` overrides the consumer's defaults (the demo starts at the latest offset).
+    ``consumer_config`` overrides the consumer's defaults (:func:`worker.runtime.kafka.consumer`).
     """
     models = models or load_models(settings)
     metrics, health = Metrics(), Health(stall_timeout_s=settings.stall_timeout_s)
