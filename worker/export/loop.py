@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from kafka import TopicPartition
+from kafka import errors as kafka_errors
 
 from worker.errors import Rejection
 from worker.export import Destination, Failed, Rejected, SendResult, Sent, Unreachable
@@ -234,7 +235,8 @@ class Exporter:
         total = 0
         for tp in partitions & owned:
             try:
-                high, position = self.consumer.highwater(tp), self.consumer.position(tp)
+                high = self.consumer.highwater(tp)
+                position = self.consumer.position(tp, timeout_ms=1000)  # never wait unbounded
             except Exception:  # noqa: BLE001 - revoked between the check and the call
                 continue
             if high is not None and position is not None:
@@ -249,4 +251,9 @@ class Exporter:
         if not tps:
             return False
         ends = self.consumer.end_offsets(tps)
-        return all((self.consumer.committed(tp) or 0) >= ends[tp] for tp in tps)
+        try:  # bounded: kafka-python retries an unanswered OffsetFetch without limit
+            return all(
+                (self.consumer.committed(tp, timeout_ms=10_000) or 0) >= ends[tp] for tp in tps
+            )
+        except kafka_errors.KafkaTimeoutError:
+            return False  # not known to be caught up: ask again after the next poll

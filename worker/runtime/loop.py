@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 from kafka import TopicPartition
+from kafka import errors as kafka_errors
 
 from worker.contract import ScanEvent
 from worker.errors import Rejection
@@ -308,7 +309,12 @@ class Worker:
         if not tps:
             return False
         ends = self.consumer.end_offsets(tps)
-        return all((self.consumer.committed(tp) or 0) >= ends[tp] for tp in tps)
+        try:  # bounded: kafka-python retries an unanswered OffsetFetch without limit
+            return all(
+                (self.consumer.committed(tp, timeout_ms=10_000) or 0) >= ends[tp] for tp in tps
+            )
+        except kafka_errors.KafkaTimeoutError:
+            return False  # not known to be caught up: ask again after the next poll
 
 
 def _partitions(records: Iterable[Any]) -> set[TopicPartition]:

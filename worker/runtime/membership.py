@@ -147,7 +147,7 @@ class MembershipWatchdog:
         try:
             partitions = consumer.partitions_for_topic(self.topic) or set()
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-            return {tp: consumer.committed(tp) or 0 for tp in tps}
+            return {tp: consumer.committed(tp, timeout_ms=10_000) or 0 for tp in tps}
         except Exception:  # noqa: BLE001 - no answer now: no verdict now
             return None
 

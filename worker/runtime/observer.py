@@ -132,7 +132,9 @@ class Observer:
         total = 0
         for tp in partitions & owned:
             try:
-                high, position = consumer.highwater(tp), consumer.position(tp)
+                # Bounded: a position not yet known (just assigned) is fetched from the group
+                # coordinator, and kafka-python waits for it without limit by default.
+                high, position = consumer.highwater(tp), consumer.position(tp, timeout_ms=1000)
             except Exception:  # noqa: BLE001 - revoked between the check and the call
                 continue
             if high is not None and position is not None:

@@ -178,7 +178,7 @@ class FakeConsumer:
     def highwater(self, tp: TopicPartition) -> int:
         return self._end
 
-    def position(self, tp: TopicPartition) -> int:
+    def position(self, tp: TopicPartition, timeout_ms: int | None = None) -> int:
         return self._position
 
     def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
@@ -187,7 +187,7 @@ class FakeConsumer:
     def partitions_for_topic(self, topic: str) -> set[int]:
         return {0}
 
-    def committed(self, tp: TopicPartition) -> int | None:
+    def committed(self, tp: TopicPartition, timeout_ms: int | None = None) -> int | None:
         meta = self.committed_offsets.get(tp)
         return None if meta is None else meta.offset
 

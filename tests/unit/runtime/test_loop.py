@@ -341,3 +341,22 @@ def test_the_waits_before_compute_are_observed_per_event(models: ModelSet) -> No
     assert seen[("arrival", "count")] == seen[("queue", "count")] == 3.0
     assert 3 * 1.9 < seen[("arrival", "sum")] < 3 * 10.0
     assert 0.0 <= seen[("queue", "sum")] < 3 * 1.0
+
+
+def test_drain_goes_on_when_the_committed_offsets_do_not_come_in_time(models: ModelSet) -> None:
+    """kafka-python waits for an unanswered OffsetFetch without limit unless told otherwise:
+    the drain check bounds it, and a timeout means "not known to be done", not a crash."""
+    worker, consumer, _, _ = make_worker(models, [[record(0, encode_ct(ct_slice(1, 64)))]])
+    asked: list[int | None] = []
+    answer = consumer.committed
+
+    def slow_once(tp: Any, timeout_ms: int | None = None) -> int | None:
+        asked.append(timeout_ms)
+        if len(asked) == 1:
+            raise kafka_errors.KafkaTimeoutError("no OffsetFetch answer")
+        return answer(tp)
+
+    consumer.committed = slow_once  # type: ignore[method-assign]
+    stats = worker.run(drain=True)
+    assert stats.consumed == 1 and len(asked) >= 2
+    assert all(t is not None and t > 0 for t in asked)
