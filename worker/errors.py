@@ -24,7 +24,7 @@ carries only the reason and a short detail.
 
 from __future__ import annotations
 
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 Reason = Literal[
     "not_dicom",
@@ -74,6 +74,11 @@ class Rejection(ScanStreamError):
         # Details end up in a Kafka header: keep them short and single-line.
         self.detail = " ".join(detail.split())[:500]
         super().__init__(f"{reason}: {self.detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its two arguments (the compute process sends rejections back), not as
+        # Exception's one message, which __init__ could not take.
+        return (type(self), (self.reason, self.detail))
 
 
 class TransientError(ScanStreamError):

@@ -30,10 +30,12 @@ GOOD = [
 ]
 
 
+@pytest.mark.parametrize("compute_process", [False, True], ids=["thread", "process"])
 def test_real_dicom_files_yield_exactly_one_finding_each(
-    isolated_settings: Settings, pydicom_files: Path
+    isolated_settings: Settings, pydicom_files: Path, compute_process: bool
 ) -> None:
-    settings = isolated_settings
+    """Also with the pipeline in a child process (``SCANSTREAM_COMPUTE_PROCESS``)."""
+    settings = isolated_settings.replace(compute_process=compute_process)
     assert settings.bootstrap_servers
     paths = [pydicom_files / name for name in GOOD]
     with worker_thread(settings):

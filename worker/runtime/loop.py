@@ -39,6 +39,7 @@ from worker.metrics import Health, Metrics
 from worker.pipeline import Pipeline
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.chunks import ChunkSizer
+from worker.runtime.compute_process import ProcessPipeline
 from worker.runtime.delivery import Delivery, Sending
 from worker.runtime.flow import FlowControl, Rebalance
 from worker.runtime.membership import STUCK_AFTER_S, MembershipWatchdog, replace_consumer
@@ -77,7 +78,6 @@ class Worker:
         self.settings = settings
         self.health = health
         self.metrics = metrics
-        self.pipeline = pipeline or Pipeline(models, settings, imaging)
         self._stop = threading.Event()
         self._compute_pool = ThreadPoolExecutor(1, thread_name_prefix="scanstream-compute")
         self._sizer = ChunkSizer(settings.chunk_target_ms / 1e3)
@@ -123,6 +123,12 @@ class Worker:
         )
         try:
             self._subscribe()
+            # Last: a compute process is started only for a worker that can otherwise run.
+            self.pipeline: Pipeline | ProcessPipeline = pipeline or (
+                ProcessPipeline(settings, imaging)
+                if settings.compute_process
+                else Pipeline(models, settings, imaging)
+            )
         except BaseException:  # e.g. not authorised to Describe the topic: close both clients
             self.consumer.close()
             self.producer.close(timeout=0)
@@ -217,6 +223,8 @@ class Worker:
     def close(self) -> None:
         self.health.set_ready(False)
         self._compute_pool.shutdown(wait=True)
+        if isinstance(self.pipeline, ProcessPipeline):
+            self.pipeline.close()
         try:
             self.delivery.commit_pending()
             self.consumer.close()  # leaves the group, so partitions move on at once
