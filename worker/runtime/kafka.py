@@ -313,6 +313,10 @@ def consumer(
     kwargs.update(extra)
     c = KafkaConsumer(**kwargs)
     topics = list(topics)
+    for topic in topics:
+        # Metadata before joining, as the worker does (runtime/loop.py): a group leader without
+        # it assigns nothing and the member waits, unassigned, until some later rejoin.
+        c.partitions_for_topic(topic)
     if topics:
         c.subscribe(topics)
     return c
