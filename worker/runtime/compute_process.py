@@ -16,8 +16,9 @@ next without waiting for this process; chunks are sized by the child's own compu
 (:meth:`ProcessPipeline.compute_seconds`), and the pipes hold 1 MiB (:func:`widen_pipes`).
 
 Measured on 2 cores (README, Benchmarks): 1.2x the in-thread worker's saturation rate, for a
-second process of about 320 MB and about 1.2 s more at start; each of those three parts
-(two chunks in the child, the child's time for sizing, the wide pipes) was needed for it.
+second process of about 320 MB and about 1.2 s more at start. Partial versions gained nothing
+or little in the same A/B runs: one chunk at a time (with 64 KiB or 1 MiB pipes), and two
+chunks sized by the wall time here (which shrank the chunks).
 
 A child that dies (a decoder's segfault on a hostile record, the kernel's OOM killer) does not
 take the worker with it: its chunk is computed again one event at a time in a fresh child, and
