@@ -23,7 +23,9 @@ chunks sized by the wall time here (which shrank the chunks).
 A child that dies (a decoder's segfault on a hostile record, the kernel's OOM killer) does not
 take the worker with it: its chunk is computed again one event at a time in a fresh child, and
 an event that kills that one too becomes a dead letter (``internal_error``) while the others
-get their findings. A chunk is never retried more than that: a poison record is set aside.
+get their findings. A chunk is never retried more than that: a poison record is set aside. A
+child that hangs (a native call that never returns) is killed past :meth:`hard_limit_s` and
+treated the same way; the event that hangs becomes a ``timeout`` dead letter.
 
 >>> from worker.contract import ScanEvent
 >>> from worker.settings import Settings
@@ -37,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -46,7 +49,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Final
 
 from worker.contract import ScanEvent
-from worker.errors import Rejection
+from worker.errors import ModelError, Rejection
 from worker.imaging import ImagingConfig
 from worker.pipeline import Outcome, Pipeline
 from worker.settings import Settings
@@ -59,19 +62,31 @@ Target = Callable[[Sequence[ScanEvent], Sources], tuple[list[Outcome], float]]
 _pipeline: Pipeline | None = None  # the child's own, built once by _start_child
 
 
-def _start_child(settings: Settings, imaging: ImagingConfig) -> None:
+def _start_child(settings: Settings, imaging: ImagingConfig, parent: int) -> None:
     """Runs first in the child: logs and allocator as in the parent, then models and pipeline.
 
     Ctrl-C reaches the whole process group: the child ignores it, and stops when the parent,
-    having finished its batch, shuts it down."""
+    having finished its batch, shuts it down. A parent killed outright (SIGKILL, a crash) never
+    does: the child then exits by itself (:func:`_exit_with`)."""
     global _pipeline
     from worker.runtime import allocator, jsonlog
     from worker.runtime.service import load_models
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="parent-watch").start()
     jsonlog.setup(settings.log_level)
     allocator.tune(settings.malloc_tune)
     _pipeline = Pipeline(load_models(settings), settings, imaging)
+
+
+def _exit_with(parent: int, every_s: float = 0.5) -> None:
+    """Exit when ``parent`` is gone (this process then has another parent).
+
+    The child holds both ends of its task pipe, so it never sees the parent's end close: without
+    this, a worker killed with SIGKILL would leave its child waiting for work for ever."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(0)
 
 
 def run_pipeline(events: Sequence[ScanEvent], sources: Sources) -> tuple[list[Outcome], float]:
@@ -133,9 +148,17 @@ class ProcessPipeline:
         self._solo = False  # a recovery has the child to itself
         self._generation = 0  # children started and replaced so far
         self._local = threading.local()  # per calling thread: its last chunk's compute time
+        self._in_child = 0  # events submitted to the child and not yet answered
         # Start the child now: a model that fails to load fails the worker's start, not its
         # first event, and the first event does not wait for the models.
-        self._pool.submit(int).result()
+        try:
+            self._pool.submit(int).result()
+        except BrokenProcessPool as exc:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            raise ModelError(
+                "the compute process (SCANSTREAM_COMPUTE_PROCESS=true) failed to start: its log "
+                "lines above say why"
+            ) from exc
 
     def compute_seconds(self) -> float | None:
         """How long the child computed the calling thread's last chunk (None: unknown)."""
@@ -147,7 +170,7 @@ class ProcessPipeline:
             1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_child,
-            initargs=(self.settings, self.imaging),
+            initargs=(self.settings, self.imaging, os.getpid()),
         )
         widen_pipes(pool)
         return pool
@@ -160,25 +183,37 @@ class ProcessPipeline:
             self._state.wait_for(lambda: not self._solo)
             self._running += 1
             generation, pool = self._generation, self._pool
+            # What is ahead of this chunk in the child counts against its deadline too.
+            self._in_child += len(events)
+            limit_s = self.hard_limit_s(self._in_child)
+        hung = False
         try:
-            computed, self._local.seconds = pool.submit(
-                self._target, list(events), sources
-            ).result()
+            future = pool.submit(self._target, list(events), sources)
+            computed, self._local.seconds = future.result(timeout=limit_s)
         except BrokenProcessPool:
             computed, self._local.seconds = None, None
+        except TimeoutError:
+            self._kill(pool, f"{len(events)} events took over {limit_s:.0f} s")
+            computed, self._local.seconds, hung = None, None, True
         finally:
             with self._state:
                 self._running -= 1
+                self._in_child -= len(events)
                 self._state.notify_all()
         if computed is None:
-            computed = self._recover(events, sources, generation)
+            computed = self._recover(events, sources, generation, limit_s if hung else None)
         return [dataclasses.replace(o, event=e) for o, e in zip(computed, events, strict=True)]
 
     def _recover(
-        self, events: Sequence[ScanEvent], sources: Sources, generation: int
+        self,
+        events: Sequence[ScanEvent],
+        sources: Sources,
+        generation: int,
+        hung_s: float | None = None,
     ) -> list[Outcome]:
         """The child died with ``events`` in it (they, or another chunk in it then, killed it):
-        each event alone in a child that nothing else uses, so a death says which one."""
+        each event alone in a child that nothing else uses, so a death says which one. A lone
+        event that hung past its limit (``hung_s``) is the culprit already: not tried again."""
         with self._state:
             self._state.wait_for(lambda: not self._solo)
             self._solo = True  # no new chunk enters the child until this recovery is done
@@ -186,27 +221,56 @@ class ProcessPipeline:
             if self._generation == generation:  # not yet replaced by another recovery
                 self._restart(f"while computing {len(events)} events")
         try:
+            if hung_s is not None and len(events) == 1:
+                detail = f"the compute process did not answer in {hung_s:.0f} s"
+                return [Outcome(events[0], rejection=Rejection("timeout", detail))]
             return [self._alone(event, sources, i) for i, event in enumerate(events)]
         finally:
             with self._state:
                 self._solo = False
                 self._state.notify_all()
 
+    def hard_limit_s(self, events: int) -> float:
+        """The longest the child may take for ``events`` before it is killed: each event's own
+        budget (``event_timeout_s``, which the pipeline checks between stages) and up to 10 s
+        more for the stage the last one may end in. Only a native call that never returns (a
+        decoder's endless loop) reaches it: with the defaults, a lone event is killed after 70 s,
+        before /healthz would report the stall (120 s) and a liveness probe restart the pod
+        into the same event."""
+        budget = self.settings.event_timeout_s
+        return events * budget + min(budget, 10.0)
+
     def _alone(self, event: ScanEvent, sources: Sources, i: int) -> Outcome:
-        """``event`` alone in the child; a dead letter if the child dies again."""
+        """``event`` alone in the child; a dead letter if the child dies or hangs again."""
         one = None if sources is None else [sources[i]]
+        limit_s = self.hard_limit_s(1)
         try:
-            return self._pool.submit(self._target, [event], one).result()[0][0]
+            return self._pool.submit(self._target, [event], one).result(timeout=limit_s)[0][0]
         except BrokenProcessPool:
             self._restart(f"on event {event.event_id} alone")
             detail = "the compute process died on this event (twice: with its chunk and alone)"
             return Outcome(event, rejection=Rejection("internal_error", detail))
+        except TimeoutError:
+            self._kill(self._pool, f"event {event.event_id} alone took over {limit_s:.0f} s")
+            self._restart(f"on event {event.event_id} alone")
+            detail = f"the compute process did not answer in {limit_s:.0f} s (with its chunk too)"
+            return Outcome(event, rejection=Rejection("timeout", detail))
+
+    @staticmethod
+    def _kill(pool: ProcessPoolExecutor, why: str) -> None:
+        """Kill the pool's child (its futures then fail as if it had died)."""
+        log.error("the compute process hangs (%s): killing it", why)
+        processes = getattr(pool, "_processes", None) or {}
+        for process in list(processes.values()):
+            process.kill()
 
     def _restart(self, when: str) -> None:
         log.error("the compute process died %s: starting a new one", when)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool = self._new_pool()
         self._generation += 1
+        # Started before anything is timed in it: its start-up is not a chunk's compute.
+        self._pool.submit(int).result()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -3,7 +3,9 @@
 Each poll takes at most ``max_poll_records`` events. They are computed, in chunks of about
 ``chunk_target_ms`` of compute (:mod:`worker.runtime.chunks`), on one compute thread by
 the pipeline (:class:`worker.pipeline.Pipeline`, the same composition ``analyze`` and the
-benchmark use) while the loop keeps the consumer in its group (:mod:`worker.runtime.flow`);
+benchmark use; with ``SCANSTREAM_COMPUTE_PROCESS``, in a child process, two chunks at a time:
+:mod:`worker.runtime.compute_process`) while the loop keeps the consumer in its group
+(:mod:`worker.runtime.flow`);
 every event ends in one finding or one dead letter, which the delivery
 (:mod:`worker.runtime.delivery`) sends as soon as a chunk is computed and commits while the
 next chunk computes (a poll's last chunk, after the next poll); the observer

@@ -6,9 +6,13 @@ from __future__ import annotations
 import fcntl
 import os
 import pickle
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -27,12 +31,15 @@ from worker.runtime.compute_process import (
 from worker.settings import Settings
 
 DIE = b"kill the compute process"
+HANG = b"hang the compute process"
 
 
 def die_on_cue(events: Sequence[ScanEvent], sources: Sources) -> tuple[list[Outcome], float]:
     """Runs in the child: dies as a segfaulting decoder would when a chunk holds DIE."""
     if any(e.data == DIE for e in events):
         os._exit(139)
+    if any(e.data == HANG for e in events):
+        time.sleep(3600)  # as a native decoder's endless loop would
     return run_pipeline(events, sources)
 
 
@@ -116,3 +123,63 @@ def test_the_pipes_to_the_child_hold_a_megabyte() -> None:
         sizes = [fcntl.fcntl(end.fileno(), 1032) for end in ends]  # F_GETPIPE_SZ
     assert sizes == [PIPE_BYTES, PIPE_BYTES]
     assert widen_pipes(object()) == 0  # type: ignore[arg-type]  # not a pool: left alone
+
+
+ORPHAN = """
+import sys, time
+from worker.runtime.compute_process import ProcessPipeline
+from worker.settings import Settings
+if __name__ == "__main__":
+    pipeline = ProcessPipeline(Settings())
+    print(next(iter(pipeline._pool._processes)), flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_the_child_exits_when_the_worker_is_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL gives the worker no chance to stop its child: the child notices by itself."""
+    script = tmp_path / "orphan.py"
+    script.write_text(ORPHAN)
+    with subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as worker:
+        try:
+            assert worker.stdout is not None
+            child = int(worker.stdout.readline())
+            assert _alive(child)  # alive while the worker is
+            worker.kill()
+            worker.wait()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and _alive(child):
+                time.sleep(0.1)
+            assert not _alive(child), "the compute process outlived its worker"
+        finally:
+            worker.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Running (or sleeping): neither gone nor a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.timeout(180)
+def test_a_record_that_hangs_the_child_is_killed_and_becomes_a_timeout() -> None:
+    good, text, _ = _events()
+    stuck = ScanEvent("stuck", 0.0, data=HANG)
+    settings = Settings(event_timeout_s=1.0)
+    with ProcessPipeline(settings, target=die_on_cue) as child:
+        assert child.hard_limit_s(3) == 4.0
+        outcomes = child.process([good, stuck, text])
+        assert [o.reason for o in outcomes] == [None, "timeout", "not_dicom"]
+        assert outcomes[1].rejection is not None
+        assert "did not answer in 2 s" in outcomes[1].rejection.detail
+        # Alone from the start, it is the culprit at once: killed once, not tried again.
+        children = child._generation
+        [alone] = child.process([stuck])
+        assert alone.reason == "timeout" and child._generation == children + 1
+        assert [o.reason for o in child.process([good])] == [None]
