@@ -71,7 +71,7 @@ class Worker:
         imaging: ImagingConfig = ImagingConfig(),
         consumer: Any = None,
         producer: Any = None,
-        pipeline: Pipeline | None = None,
+        pipeline: Pipeline | ProcessPipeline | None = None,
         consumer_factory: Callable[[], Any] | None = None,
     ) -> None:
         """``consumer``/``producer``/``pipeline`` default to the real ones; tests pass fakes.
