@@ -4,13 +4,14 @@ Seen with kafka-python 3.0.12 against a real broker, a few times in a hundred te
 member joins its group, never gets a partition, and consumes nothing while records wait; its
 log ends, when it is stopped, with ``LeaveGroup ... UnknownMemberIdError`` (the broker had long
 forgotten it). Neither a longer wait nor a poll ends it. :class:`MembershipWatchdog` notices a
-consumer that has had no partitions for ``stuck_after_s`` while its join has not ended
-(kafka-python's coordinator state, read where that client exposes it), or while records wait
-on the topic and the group commits nothing, or, holding partitions, has had no records and no
-fetch answer for any of them (its client believing it assigned while the broker had dropped it
-is the suspected cause); the loop then replaces the consumer: the old one is closed (it leaves
-the group) and a new one joins afresh. Which of these the stalls seen were is not proven: a
-replacement logs the member's state, so the next one will tell.
+consumer that has had no partitions for ``stuck_after_s`` while its join has not ended (kafka-
+python's coordinator state, read where that client exposes it), or while records wait on the
+topic and the group commits nothing, or, holding partitions, has had no records and no fetch
+answer for any of them, or no records for two windows while records that were already there a
+window ago wait on its own partitions (its client believing it assigned while the broker had
+dropped it is the suspected cause); the loop then replaces the consumer: the old one is closed
+(it leaves the group) and a new one joins afresh. Which of these the stalls seen were is not
+proven: a replacement logs the member's state, so the next one will tell.
 
 A member without partitions among members that work (more members than partitions), or on a
 topic with nothing waiting, is idle, not stuck, and is left alone: the watchdog never makes a
@@ -84,7 +85,8 @@ class MembershipWatchdog:
     the topic has records waiting and the group committed nothing in all that time, i.e. no
     member works on them. One idle among busy members, or an idle topic, is left alone. With
     partitions: stuck when no records came and no fetch answered for any of them (no high
-    watermark known) for ``stuck_after_s``.
+    watermark known) for ``stuck_after_s``, or when records that were already beyond our
+    position on one of them a window before are still not fetched a window later.
 
     ``_committed`` is None while the timer runs for an assigned member, a dict (the group's
     committed offsets, empty when unknown) while it runs for one without partitions.
@@ -97,9 +99,11 @@ class MembershipWatchdog:
         self._clock = clock
         self._since: float | None = None
         self._committed: dict[Any, int] | None = None
+        # Assigned: our positions on partitions with records beyond them, one window ago.
+        self._waiting: dict[Any, int] = {}
 
     def reset(self) -> None:
-        self._since, self._committed = None, None
+        self._since, self._committed, self._waiting = None, None, {}
 
     def stuck(self, consumer: Any) -> bool:
         """Call after each poll that brought no records (:meth:`reset` after one that did);
@@ -112,13 +116,20 @@ class MembershipWatchdog:
             # believing it was assigned). A healthy idle member learns the watermark within a
             # fetch wait (500 ms), so it is never taken for stuck.
             if self._since is None or self._committed is not None:
-                self._since, self._committed = now, None
+                self._since, self._committed, self._waiting = now, None, {}
                 return False
             if now - self._since < self.stuck_after_s:
                 return False
             if all(_highwater(consumer, tp) is None for tp in assigned):
                 return True
-            self._since = now
+            # Records already there a whole window ago, on our own partitions, still not
+            # fetched: the member believes it is assigned, and fetches nothing. A healthy one
+            # fetches them within a poll. (Noted one window, judged the next: one ListOffsets
+            # per window of idleness, never a verdict on records that just arrived.)
+            behind = self._behind(consumer, assigned)
+            if any(behind.get(tp) == position for tp, position in self._waiting.items()):
+                return True
+            self._since, self._waiting = now, behind
             return False
         if self._since is None or self._committed is None:
             self._since, self._committed = now, {}
@@ -136,6 +147,21 @@ class MembershipWatchdog:
             return True  # records wait, nobody commits, and we hold no partition
         self._since, self._committed = now, after or {}  # idle, or others work: look later
         return False
+
+    @staticmethod
+    def _behind(consumer: Any, assigned: set[Any]) -> dict[Any, int]:
+        """Our position on each assigned partition that has records beyond it (bounded waits;
+        nothing known: nothing behind)."""
+        try:
+            ends = consumer.end_offsets(list(assigned), timeout_ms=5000)
+            positions = {tp: consumer.position(tp, timeout_ms=1000) for tp in assigned}
+        except Exception:  # noqa: BLE001 - no answer now: no verdict now
+            return {}
+        return {
+            tp: position
+            for tp, position in positions.items()
+            if isinstance(position, int) and ends.get(tp, 0) > position
+        }
 
     def waited_s(self) -> float:
         return 0.0 if self._since is None else self._clock() - self._since

@@ -181,7 +181,9 @@ class FakeConsumer:
     def position(self, tp: TopicPartition, timeout_ms: int | None = None) -> int:
         return self._position
 
-    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    def end_offsets(
+        self, tps: list[TopicPartition], timeout_ms: int | None = None
+    ) -> dict[TopicPartition, int]:
         return {tp: self._end for tp in tps}
 
     def partitions_for_topic(self, topic: str) -> set[int]:

@@ -65,6 +65,39 @@ def test_an_assigned_member_whose_fetches_never_answer_is_stuck() -> None:
     assert not dog.stuck(healthy)
 
 
+def test_an_assigned_member_that_leaves_waiting_records_unfetched_is_stuck() -> None:
+    """It knows the watermark (its fetches once answered) but fetches nothing more: records
+    that were there a window ago, beyond its position, are still there a window later."""
+    now = [0.0]
+    dog = MembershipWatchdog("scans.events", 45.0, clock=lambda: now[0])
+    deaf: Any = FakeConsumer([], [[record(0, b"x"), record(1, b"y")]])  # 2 records, position 0
+    assert not dog.stuck(deaf)
+    now[0] += 46.0
+    assert not dog.stuck(deaf)  # records wait: noted, judged a window later
+    now[0] += 46.0
+    assert dog.stuck(deaf)
+
+
+def test_records_that_just_arrived_or_were_fetched_meanwhile_are_no_verdict() -> None:
+    now = [0.0]
+    dog = MembershipWatchdog("scans.events", 45.0, clock=lambda: now[0])
+    idle: Any = FakeConsumer([], [])  # nothing on the partition yet
+    assert not dog.stuck(idle)
+    now[0] += 46.0
+    assert not dog.stuck(idle)
+    idle._end = 5  # records arrive just as the window ends
+    now[0] += 46.0
+    assert not dog.stuck(idle)  # never judged on records that just came
+    idle._position = 5  # and the member fetches them, as a healthy one does
+    now[0] += 46.0
+    assert not dog.stuck(idle)
+    idle._end = 9  # more come, and this time they stay unfetched for a whole window
+    now[0] += 46.0
+    assert not dog.stuck(idle)
+    now[0] += 46.0
+    assert dog.stuck(idle)
+
+
 def test_a_stable_member_without_partitions_is_stuck_only_if_records_wait_unworked() -> None:
     now = [0.0]
     dog = MembershipWatchdog("scans.events", 45.0, clock=lambda: now[0])
