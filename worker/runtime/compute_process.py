@@ -21,11 +21,12 @@ or little in the same A/B runs: one chunk at a time (with 64 KiB or 1 MiB pipes)
 chunks sized by the wall time here (which shrank the chunks).
 
 A child that dies (a decoder's segfault on a hostile record; the kernel's OOM killer, when it
-picks the child) does not take the worker with it: its chunk is computed again one event at a time in a fresh child, and
-an event that kills that one too becomes a dead letter (``internal_error``) while the others
-get their findings. A chunk is never retried more than that: a poison record is set aside. A
-child that hangs (a native call that never returns) is killed past :meth:`hard_limit_s` and
-treated the same way; the event that hangs becomes a ``timeout`` dead letter.
+picks the child) does not take the worker with it: its chunk is computed again one event at a
+time in a fresh child, and an event that kills that one too becomes a dead letter
+(``internal_error``) while the others get their findings. A chunk is never retried more than
+that: a poison record is set aside. A child that hangs (a native call that never returns) is
+killed past :meth:`hard_limit_s` and treated the same way; the event that hangs becomes a
+``timeout`` dead letter.
 
 >>> from worker.contract import ScanEvent
 >>> from worker.settings import Settings
