@@ -17,6 +17,7 @@ from worker.demo import start_group_at_end
 from worker.runtime import kafka as kafka_clients
 from worker.settings import Settings
 
+pytestmark = pytest.mark.integration
 confluent_kafka = pytest.importorskip("confluent_kafka")
 
 
