@@ -71,3 +71,32 @@ def test_a_record_that_kills_the_compute_process_ends_as_one_faithful_dead_lette
     assert "died on this event" in found["scanstream.error.detail"]
     assert validation_errors("dead-letter.v1", found) == []
     assert worker.stats.consumed == 3 and worker.stats.dead_letters == 1
+
+
+@pytest.mark.timeout(240)
+def test_with_a_compute_process_the_worker_loads_no_models_itself(
+    isolated_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child loads the models and the worker's metrics show the child's: on a GPU, one CUDA
+    context, not two. (The patch below reaches this process only, not the spawned child.)"""
+    from worker.runtime import service
+
+    def refuse(_: Settings) -> ModelSet:
+        raise AssertionError("the worker process loaded models")
+
+    monkeypatch.setattr(service, "load_models", refuse)
+    settings = isolated_settings.replace(compute_process=True)
+    assert settings.bootstrap_servers
+    worker, metrics, _ = service.start_worker(settings, settings.bootstrap_servers)
+    with running(worker, "worker"):
+        producer = kafka_clients.producer(settings.bootstrap_servers, settings)
+        headers = event_headers(str(uuid.uuid4()), time.time(), "application/dicom")
+        producer.send(settings.events_topic, value=encode_ct(ct_slice(3, 128)), headers=headers)
+        producer.flush()
+        producer.close()
+        got = collect(settings, expected=1)
+    assert len(got.findings) == 1 and got.dead_letters == []
+    assert isinstance(worker.pipeline, ProcessPipeline)
+    shown = metrics.render().decode()
+    for info in ModelSet.load().model_infos():
+        assert f'name="{info["name"]}"' in shown and f'version="{info["version"]}"' in shown

@@ -90,6 +90,11 @@ def _exit_with(parent: int, every_s: float = 0.5) -> None:
     os._exit(0)
 
 
+def _model_infos() -> list[dict[str, str]]:
+    assert _pipeline is not None, "the compute process was not started"
+    return _pipeline.models.model_infos()
+
+
 def run_pipeline(events: Sequence[ScanEvent], sources: Sources) -> tuple[list[Outcome], float]:
     """The child's work: the pipeline's outcomes, without the events' bytes (the parent has
     them already; sending them back would double what crosses the pipe)."""
@@ -160,6 +165,11 @@ class ProcessPipeline:
                 "the compute process (SCANSTREAM_COMPUTE_PROCESS=true) failed to start: its log "
                 "lines above say why"
             ) from exc
+
+    def model_infos(self) -> list[dict[str, str]]:
+        """The child's models (name, version, execution provider): the worker's metrics show
+        these, so that the parent need not load models (on a GPU, a second CUDA context)."""
+        return self._pool.submit(_model_infos).result()
 
     def compute_seconds(self) -> float | None:
         """How long the child computed the calling thread's last chunk (None: unknown)."""

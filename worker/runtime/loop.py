@@ -65,7 +65,7 @@ class Worker:
         self,
         settings: Settings,
         bootstrap: str,
-        models: ModelSet,
+        models: ModelSet | None,
         metrics: Metrics,
         health: Health,
         imaging: ImagingConfig = ImagingConfig(),
@@ -75,6 +75,8 @@ class Worker:
         consumer_factory: Callable[[], Any] | None = None,
     ) -> None:
         """``consumer``/``producer``/``pipeline`` default to the real ones; tests pass fakes.
+        ``models`` may be None only with a ``pipeline`` or ``compute_process`` (the child loads
+        its own).
         ``consumer_factory`` makes the consumer (and its replacement when one is stuck outside
         its group: :mod:`worker.runtime.membership`); a ``consumer`` given is never replaced."""
         self.settings = settings
@@ -130,10 +132,8 @@ class Worker:
         try:
             self._subscribe()
             # Last: a compute process is started only for a worker that can otherwise run.
-            self.pipeline: Pipeline | ProcessPipeline = pipeline or (
-                ProcessPipeline(settings, imaging)
-                if settings.compute_process
-                else Pipeline(models, settings, imaging)
+            self.pipeline: Pipeline | ProcessPipeline = pipeline or _pipeline_for(
+                settings, models, imaging
             )
         except BaseException:  # e.g. not authorised to Describe the topic: close both clients
             self.consumer.close()
@@ -333,6 +333,17 @@ class Worker:
             )
         except kafka_errors.KafkaTimeoutError:
             return False  # not known to be caught up: ask again after the next poll
+
+
+def _pipeline_for(
+    settings: Settings, models: ModelSet | None, imaging: ImagingConfig
+) -> Pipeline | ProcessPipeline:
+    """In a child process with ``compute_process`` (which loads its own models), else here."""
+    if settings.compute_process:
+        return ProcessPipeline(settings, imaging)
+    if models is None:
+        raise ValueError("a worker that computes in its own process needs its models")
+    return Pipeline(models, settings, imaging)
 
 
 def _partitions(records: Iterable[Any]) -> set[TopicPartition]:

@@ -20,6 +20,7 @@ from worker.metrics import Health, Metrics, serve
 from worker.runtime import allocator
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.acls import check_access, transactional_prefix
+from worker.runtime.compute_process import ProcessPipeline
 from worker.runtime.loop import Worker
 from worker.runtime.observer import RunStats
 from worker.settings import Settings
@@ -41,18 +42,45 @@ def load_models(settings: Settings) -> ModelSet:
 
 
 def start_worker(
-    settings: Settings, bootstrap: str, models: ModelSet | None = None, **consumer_config: Any
+    settings: Settings,
+    bootstrap: str,
+    models: ModelSet | None = None,
+    pipeline: ProcessPipeline | None = None,
+    **consumer_config: Any,
 ) -> tuple[Worker, Metrics, Health]:
     """Everything that can fail at start fails here, before the first poll.
 
-    ``consumer_config`` overrides the consumer's defaults (:func:`worker.runtime.kafka.consumer`).
+    With ``compute_process``, the models live in the child alone (``pipeline``, started here
+    unless given), never in this process. ``consumer_config`` overrides the consumer's defaults
+    (:func:`worker.runtime.kafka.consumer`).
     """
-    models = models or load_models(settings)
+    if settings.compute_process and models is None:
+        pipeline = pipeline or ProcessPipeline(settings)
+        infos = pipeline.model_infos()
+    else:
+        models = models or load_models(settings)
+        infos = models.model_infos()
+    try:
+        return _start(settings, bootstrap, models, pipeline, infos, consumer_config)
+    except BaseException:
+        if pipeline is not None:
+            pipeline.close()
+        raise
+
+
+def _start(
+    settings: Settings,
+    bootstrap: str,
+    models: ModelSet | None,
+    pipeline: ProcessPipeline | None,
+    infos: list[dict[str, str]],
+    consumer_config: dict[str, Any],
+) -> tuple[Worker, Metrics, Health]:
     metrics, health = Metrics(), Health(stall_timeout_s=settings.stall_timeout_s)
     metrics.set_gpu_required(settings.require_gpu)
-    for info in models.model_infos():
+    for info in infos:
         metrics.set_model_info(info["name"], info["version"], info["execution_provider"])
-    metrics.declare_models([info["name"] for info in models.model_infos()])
+    metrics.declare_models([info["name"] for info in infos])
     admin = kafka_clients.admin_client(bootstrap, settings)
     try:
         check_access(admin, settings)
@@ -66,7 +94,13 @@ def start_worker(
 
     try:
         worker = Worker(
-            settings, bootstrap, models, metrics, health, consumer_factory=make_consumer
+            settings,
+            bootstrap,
+            models,
+            metrics,
+            health,
+            pipeline=pipeline,
+            consumer_factory=make_consumer,
         )
     except kafka_errors.TransactionalIdAuthorizationFailedError as exc:
         raise BrokerError(
@@ -81,14 +115,25 @@ def run_worker(
     settings: Settings, drain: bool = False, processes: int = 1, max_events: int | None = None
 ) -> int:
     allocator.tune(settings.malloc_tune)  # before the first image-sized buffer
-    # Local misconfiguration (models, GPU) fails before anything touches the network.
-    models = load_models(settings)
-    bootstrap, _ = kafka_clients.resolve_bootstrap(settings, start_local=True)
-    kafka_clients.wait_for_broker(bootstrap, settings)
-    kafka_clients.ensure_topics(bootstrap, settings)
-    if processes > 1:
-        return _run_many(settings.replace(bootstrap_servers=bootstrap), drain, processes)
-    worker, metrics, health = start_worker(settings, bootstrap, models)
+    # Local misconfiguration (models, GPU) fails before anything touches the network; with a
+    # compute process, the models are loaded there alone (each of N processes starts its own).
+    models: ModelSet | None = None
+    pipeline: ProcessPipeline | None = None
+    if settings.compute_process and processes == 1:
+        pipeline = ProcessPipeline(settings)
+    else:
+        models = load_models(settings)
+    try:
+        bootstrap, _ = kafka_clients.resolve_bootstrap(settings, start_local=True)
+        kafka_clients.wait_for_broker(bootstrap, settings)
+        kafka_clients.ensure_topics(bootstrap, settings)
+        if processes > 1:
+            return _run_many(settings.replace(bootstrap_servers=bootstrap), drain, processes)
+        worker, metrics, health = start_worker(settings, bootstrap, models, pipeline)
+    except BaseException:
+        if pipeline is not None:
+            pipeline.close()  # no child left behind by a start that failed
+        raise
     server = None
     if settings.metrics_port:
         server = serve(metrics, health, settings.metrics_host, settings.metrics_port)
