@@ -31,7 +31,6 @@ import time
 from typing import Any
 
 from kafka import TopicPartition
-from kafka import errors as kafka_errors
 
 from worker.errors import Rejection
 from worker.export import Destination, Failed, Rejected, SendResult, Sent, Unreachable
@@ -246,14 +245,4 @@ class Exporter:
 
     def _caught_up(self) -> bool:
         self.delivery.commit_pending()
-        partitions = self.consumer.partitions_for_topic(self.topic) or set()
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        if not tps:
-            return False
-        ends = self.consumer.end_offsets(tps)
-        try:  # bounded: kafka-python retries an unanswered OffsetFetch without limit
-            return all(
-                (self.consumer.committed(tp, timeout_ms=10_000) or 0) >= ends[tp] for tp in tps
-            )
-        except kafka_errors.KafkaTimeoutError:
-            return False  # not known to be caught up: ask again after the next poll
+        return kafka_clients.group_caught_up(self.consumer, self.topic)

@@ -320,3 +320,24 @@ def consumer(
     if topics:
         c.subscribe(topics)
     return c
+
+
+def group_caught_up(consumer: Any, topic: str) -> bool:
+    """Whether the consumer's group has committed every partition of ``topic`` to its end
+    offset (drain mode's stop condition, for the worker and the exporter alike).
+
+    Group-wide rather than per assignment: with several members draining together, one that
+    never got a partition (the others were faster) must still stop. Bounded: kafka-python
+    retries an unanswered OffsetFetch without limit; a lookup that times out means "not known
+    to be caught up", asked again after the next poll."""
+    from kafka import TopicPartition
+
+    partitions = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    if not tps:
+        return False
+    ends = consumer.end_offsets(tps)
+    try:
+        return all((consumer.committed(tp, timeout_ms=10_000) or 0) >= ends[tp] for tp in tps)
+    except KafkaErrors.KafkaTimeoutError:
+        return False

@@ -31,7 +31,6 @@ from types import FrameType
 from typing import Any
 
 from kafka import TopicPartition
-from kafka import errors as kafka_errors
 
 from worker.contract import ScanEvent
 from worker.errors import Rejection
@@ -316,23 +315,9 @@ class Worker:
         self.delivery.commit_pending()
 
     def _caught_up(self) -> bool:
-        """Drain is done when the whole group has committed every partition to its end.
-
-        Group-wide rather than per assignment: with several workers draining together, one
-        that never got a partition (the others were faster) must still stop."""
+        """Drain is done when the whole group has committed every partition to its end."""
         self.delivery.commit_pending()  # our own asynchronous commits count only once confirmed
-        topic = self.settings.events_topic
-        partitions = self.consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return False
-        ends = self.consumer.end_offsets(tps)
-        try:  # bounded: kafka-python retries an unanswered OffsetFetch without limit
-            return all(
-                (self.consumer.committed(tp, timeout_ms=10_000) or 0) >= ends[tp] for tp in tps
-            )
-        except kafka_errors.KafkaTimeoutError:
-            return False  # not known to be caught up: ask again after the next poll
+        return kafka_clients.group_caught_up(self.consumer, self.settings.events_topic)
 
 
 def _pipeline_for(
