@@ -53,6 +53,7 @@ import numpy.typing as npt
 
 from worker.imaging.edges import EdgeRegions, Gradient, edge_indices, edge_regions
 from worker.imaging.kernels import orientation_sums, texture_pair_counts
+from worker.imaging.reductions import shape_moments, sum_and_squares, texture_summary
 from worker.imaging.stats import quantiles, subsample
 
 ORIENTATION_BINS: Final = 8
@@ -115,6 +116,7 @@ def features(
     regions: EdgeRegions | None = None,
     gradient_percentiles: tuple[float, float, float] | None = None,
     gradient_scale: float = 1.0,
+    frame_sums: tuple[float, float] | None = None,
 ) -> npt.NDArray[np.float32]:
     """The :data:`FEATURE_NAMES` vector (float32) of one frame.
 
@@ -122,7 +124,8 @@ def features(
     ``gradient`` the Sobel gradient of the denoised frame and ``edge_map`` its Canny edges.
     ``indices`` and ``regions`` (from :func:`~worker.imaging.edges.edge_indices` and
     :func:`~worker.imaging.edges.edge_regions`) and ``gradient_percentiles`` (the magnitude's
-    50th, 90th and 99th on the :mod:`stats` subsample) may be passed to avoid recomputing them.
+    50th, 90th and 99th on the :mod:`stats` subsample) and ``frame_sums`` (``frame``'s
+    :func:`~worker.imaging.reductions.sum_and_squares`) may be passed to avoid recomputing them.
     ``gradient_scale`` multiplies the gradient-valued features (:data:`GRADIENT_FEATURES`), for a
     gradient computed on a scaled copy of the frame. Values beyond the float32 range saturate.
 
@@ -139,12 +142,15 @@ def features(
     out = np.zeros(len(FEATURE_NAMES), np.float64)
 
     sample = subsample(frame)
-    out[0:2] = mean_std(frame)
+    out[0:2] = mean_std(frame, frame_sums)
     out[2:5] = quantiles(sample, (1.0, 50.0, 99.0))
-    out[5:7] = _shape_moments(sample)
+    out[5:7] = shape_moments(sample)
 
-    p0, p90 = window_cooccurrence(windowed, texture_row_step(windowed.shape))
-    out[7] = _entropy_bits(p0.sum(axis=1))
+    # Entropy and texture straight from the pair counts (one compiled summary of both).
+    entropy, *texture = texture_summary(
+        *texture_pair_counts(windowed, texture_row_step(windowed.shape))
+    )
+    out[7] = entropy
 
     mag = gradient.magnitude
     out[8:10] = mean_std(mag)
@@ -161,39 +167,31 @@ def features(
         out[16:24] = _orientation_histogram(
             gradient.gx.ravel()[idx], gradient.gy.ravel()[idx], mags
         )
-    props = [_props(p) for p in (p0, p90)]
-    out[24:28] = np.mean(props, axis=0)
+    out[24:28] = texture
     if gradient_scale != 1.0:
         out[_GRADIENT_SLOTS] *= gradient_scale
     np.clip(out, -_F32_MAX, _F32_MAX, out=out)  # a float64 -> float32 overflow would give inf
     return out.astype(np.float32)
 
 
-def mean_std(a: npt.NDArray[np.float32]) -> tuple[float, float]:
+def mean_std(
+    a: npt.NDArray[np.float32], sums: tuple[float, float] | None = None
+) -> tuple[float, float]:
     """Mean and (population) standard deviation of every element, summed in double precision.
 
-    Two SIMD reductions (sum, sum of squares) cost a fifth of ``cv2.meanStdDev``; in double
-    precision the cancellation in E[x²] - E[x]² is harmless for image data.
+    One vectorised pass for the sum and the sum of squares
+    (:func:`~worker.imaging.reductions.sum_and_squares`; ``sums`` when the caller has them
+    already) costs a tenth of ``cv2.meanStdDev``; in double precision the cancellation in
+    E[x²] - E[x]² is harmless for image data.
 
     >>> mean_std(np.float32([[1, 2], [3, 4]]))
     (2.5, 1.118033988749895)
     """
     n = a.size
-    mean = float(cv2.sumElems(a)[0]) / n
-    var = float(cv2.norm(a, cv2.NORM_L2SQR)) / n - mean * mean
+    total, squares = sum_and_squares(a) if sums is None else sums
+    mean = total / n
+    var = squares / n - mean * mean
     return mean, math.sqrt(max(var, 0.0))
-
-
-def _shape_moments(sample: npt.NDArray[np.float32]) -> tuple[float, float]:
-    x = sample.astype(np.float64)
-    x -= x.mean()
-    var = float(np.mean(x * x))
-    if not var > 0:
-        return 0.0, 0.0
-    x2 = x * x
-    skew = float(np.mean(x2 * x)) / var**1.5
-    kurt = float(np.mean(x2 * x2)) / (var * var) - 3.0
-    return skew, kurt
 
 
 def quantise(windowed: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
@@ -233,6 +231,22 @@ def cooccurrence(
     >>> float(p0[0, 1]), float(p90[0, 0]), float(p90[1, 1])
     (0.5, 0.5, 0.5)
     """
+    horizontal, vertical = (
+        _glcm(counts) if counts.any() else np.zeros((GLCM_LEVELS, GLCM_LEVELS))
+        for counts in pair_counts(q, row_step)
+    )
+    return horizontal, vertical
+
+
+def pair_counts(
+    q: npt.NDArray[np.uint8], row_step: int = 1
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The pair counts behind :func:`cooccurrence` (256 each: first level * 16 + second).
+
+    >>> h, v = pair_counts(np.uint8([[0, 1], [0, 1]]))
+    >>> int(h[0 * 16 + 1]), int(v[0]), int(v[1 * 16 + 1])
+    (2, 1, 1)
+    """
     q = np.ascontiguousarray(q, np.uint8)
     # Pair code i*16 + j fits one byte, so OpenCV's fast 8-bit histogram counts the pairs.
     shifted = np.left_shift(q[::row_step], 4)
@@ -244,9 +258,10 @@ def cooccurrence(
     out = []
     for first, second in pairs:
         if first.size == 0:
-            out.append(np.zeros((GLCM_LEVELS, GLCM_LEVELS)))
+            out.append(np.zeros(GLCM_LEVELS * GLCM_LEVELS, np.int64))
             continue
-        out.append(_glcm(cv2.calcHist([cv2.add(first, second)], [0], None, [256], [0, 256])))
+        counts = cv2.calcHist([cv2.add(first, second)], [0], None, [256], [0, 256])
+        out.append(np.asarray(counts, np.int64).ravel())
     return out[0], out[1]
 
 
@@ -277,12 +292,6 @@ def _glcm(counts: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
     return glcm
 
 
-def _entropy_bits(hist: npt.NDArray[np.float64]) -> float:
-    p = hist[hist > 0]
-    p = p / p.sum()
-    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
-
-
 def _orientation_histogram(
     gx: npt.NDArray[np.float32], gy: npt.NDArray[np.float32], weights: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float64]:
@@ -291,26 +300,6 @@ def _orientation_histogram(
     hist = orientation_sums(gx, gy, weights, ORIENTATION_BINS)
     total = float(hist.sum())
     return np.asarray(hist / total if total > 0 else hist, dtype=np.float64)
-
-
-_I, _J = np.meshgrid(
-    np.arange(GLCM_LEVELS, dtype=np.float64), np.arange(GLCM_LEVELS), indexing="ij"
-)
-_D2 = (_I - _J) ** 2
-
-
-def _props(glcm: npt.NDArray[np.float64]) -> tuple[float, float, float, float]:
-    if not glcm.any():  # no pairs: a flat, perfectly homogeneous, fully correlated texture
-        return 0.0, 1.0, 1.0, 1.0
-    mu = float((_I * glcm).sum())  # symmetric: row and column marginals are equal
-    var = float(((_I - mu) ** 2 * glcm).sum())
-    cov = float(((_I - mu) * (_J - mu) * glcm).sum())
-    return (
-        float((glcm * _D2).sum()),
-        float((glcm / (1.0 + _D2)).sum()),
-        math.sqrt(float((glcm * glcm).sum())),
-        1.0 if math.sqrt(var) < 1e-15 else cov / var,
-    )
 
 
 def glcm_props(q: npt.NDArray[np.uint8], row_step: int = 1) -> tuple[float, float, float, float]:
@@ -323,5 +312,5 @@ def glcm_props(q: npt.NDArray[np.uint8], row_step: int = 1) -> tuple[float, floa
     >>> [round(v, 3) for v in glcm_props(q)]
     [112.5, 0.502, 0.707, 0.0]
     """
-    props = np.mean([_props(p) for p in cooccurrence(q, row_step)], axis=0)
-    return float(props[0]), float(props[1]), float(props[2]), float(props[3])
+    _, contrast, homogeneity, energy, correlation = texture_summary(*pair_counts(q, row_step))
+    return contrast, homogeneity, energy, correlation

@@ -15,12 +15,12 @@ raster order, as ``np.bincount`` adds them.
 
 **Texture pairs** (:func:`texture_pair_counts`). Quantising the whole window to 16 levels and
 counting pairs with ``cv2.calcHist`` took about 0.44 ms a 512x512 slice; one loop over the
-texture rows, quantising only the rows it reads, gives the same integer counts in 0.2 ms.
+texture rows, quantising only the rows it reads (vectorised), gives the same integer counts in
+0.15 ms.
 
-Compiled code is cached on disk (numba's own cache: ``NUMBA_CACHE_DIR``, else ``__pycache__``
-beside this file, else the user's cache directory). Where none is writable (a read-only
-container) it is compiled once per process instead, which takes about 3 s: :func:`warm_up`
-does that at start, not on the first event.
+Compiled as :mod:`worker.imaging.compiled` says (cached on disk where it can be; about 3 s
+per process where it cannot): :func:`warm_up` does that at start, not on the first event, for
+these loops and those of :mod:`worker.imaging.reductions`.
 
 >>> import numpy as np
 >>> from worker.imaging.edges import sobel
@@ -33,16 +33,13 @@ does that at start, not on the first event.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, cast
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
-log = logging.getLogger(__name__)
-
-_Kernel = Any  # numba's dispatcher is untyped
+from worker.imaging import reductions
+from worker.imaging.compiled import Kernel, compile_loop
 
 
 def _kernel(
@@ -156,28 +153,43 @@ def _pair_counts(
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Counts of level pairs (first * 16 + second) at 0 and 90 degrees on the texture rows."""
     h, w = windowed.shape
-    # Four copies of each histogram, taken in turn: a texture has few distinct pairs, and
-    # adding into one counter over and over waits on the previous add each time.
-    hist = np.zeros((8, 256), np.int64)
-    top = np.empty(w, np.int64)
-    below = np.empty(w, np.int64)
+    # Four copies of each histogram (0..1023 horizontal, 1024..2047 vertical), taken in turn:
+    # a texture has few distinct pairs, and adding into one counter over and over waits on the
+    # previous add each time. Unsigned indices spare numba's negative-index checks.
+    hist = np.zeros(2048, np.uint32)
+    top = np.empty(w, np.uint8)
+    code = np.empty(w, np.uint8)
     scale = np.float32(15.0)
+    zero = np.float32(0.0)
+    fifteen = np.float32(15.0)
+    # x + 2**23 - 2**23 rounds a float32 in [0, 2**23) to an integer, half to even (the
+    # default rounding mode), as np.rint and cv2.convertScaleAbs do, and it vectorises.
+    magic = np.float32(8388608.0)
     for r in range(0, h, row_step):
-        # As cv2.convertScaleAbs(w, alpha=15) for w in [0, 1]: float32 product, rounded half
-        # to even. Levels are clamped to 0..15 (NaN to 0), as quantise() clips first: values
-        # outside [0, 1] must never index outside the histogram.
+        # Levels are clamped to 0..15 (NaN to 0), as quantise() clips first: values outside
+        # [0, 1] must never index outside the histogram.
+        src = windowed[r]
         for c in range(w):
-            q = np.rint(windowed[r, c] * scale)
-            top[c] = 0 if not q > 0 else (15 if q > 15 else np.int64(q))
+            x = src[c] * scale
+            x = x if x > zero else zero
+            x = x if x < fifteen else fifteen
+            top[c] = np.uint8(np.int32((x + magic) - magic))
         for c in range(w - 1):
-            hist[c & 3, top[c] * 16 + top[c + 1]] += 1
+            code[c] = (top[c] << 4) | top[c + 1]
+        for c in range(w - 1):
+            hist[np.uintp(c & 3) * np.uintp(256) + np.uintp(code[c])] += np.uint32(1)
         if r + 1 < h:
+            src = windowed[r + 1]
             for c in range(w):
-                q = np.rint(windowed[r + 1, c] * scale)
-                below[c] = 0 if not q > 0 else (15 if q > 15 else np.int64(q))
+                x = src[c] * scale
+                x = x if x > zero else zero
+                x = x if x < fifteen else fifteen
+                code[c] = (top[c] << 4) | np.uint8(np.int32((x + magic) - magic))
             for c in range(w):
-                hist[4 + (c & 3), top[c] * 16 + below[c]] += 1
-    return hist[:4].sum(axis=0), hist[4:].sum(axis=0)
+                hist[np.uintp(1024 + (c & 3) * 256) + np.uintp(code[c])] += np.uint32(1)
+    horizontal = hist[:1024].reshape(4, 256).sum(axis=0).astype(np.int64)
+    vertical = hist[1024:].reshape(4, 256).sum(axis=0).astype(np.int64)
+    return horizontal, vertical
 
 
 def _orientation_sums(
@@ -190,31 +202,22 @@ def _orientation_sums(
     width = 2.0 * half
     for k in range(radians.size):
         deg = radians[k] * to_degrees
-        folded = np.fmod(deg, np.float32(180.0))  # as np.mod: the divisor's sign
-        if folded < 0:
-            folded += np.float32(180.0)
-        if folded >= 180.0:  # adding 180 can round a tiny negative angle up to 180
-            folded -= np.float32(180.0)
-        # np.floor_divide's (and Python's) float floor division, for positive operands.
-        shifted = np.float64(folded) + half
-        quotient = (shifted - np.fmod(shifted, width)) / width
-        whole = np.floor(quotient)
-        if quotient - whole > 0.5:
-            whole += 1.0
+        # atan2 lies in [-pi, pi], so np.mod(deg, 180) is deg itself, plus 180 when negative,
+        # or 0 at +-180: branches instead of two fmod calls (five times faster, same bins).
+        if deg >= np.float32(180.0) or deg <= np.float32(-180.0):
+            deg = deg * np.float32(0.0)
+        if deg < 0:
+            deg += np.float32(180.0)
+        if deg >= 180.0:  # adding 180 can round a tiny negative angle up to 180
+            deg -= np.float32(180.0)
+        # np.floor_divide's (and Python's) float floor division, for positive operands: the
+        # quotient's floor, one less where the division rounded up to a whole number.
+        shifted = np.float64(deg) + half
+        whole = np.floor(shifted / width)
+        if whole * width > shifted:
+            whole -= 1.0
         out[int(whole) % bins] += np.float64(weights[k])
     return out
-
-
-def _compile(function: Any) -> _Kernel:
-    # error_model="numpy": 0/0 is NaN as in numpy (never raised), so every comparison with it
-    # is False, as in the numpy formulation. No bounds checks (they cost speed): the public
-    # functions below check shapes, and a test runs every loop with boundscheck=True.
-    options: dict[str, Any] = {"nogil": True, "error_model": "numpy"}
-    try:
-        return numba.njit(cache=True, **options)(function)
-    except RuntimeError as exc:  # numba found no writable cache location
-        log.info("compiled %s not cached (%s); compiling per process", function.__name__, exc)
-        return numba.njit(**options)(function)
 
 
 def _same_2d(*arrays: npt.NDArray[Any]) -> None:
@@ -223,9 +226,9 @@ def _same_2d(*arrays: npt.NDArray[Any]) -> None:
         raise ValueError(f"expected 2-D arrays of one shape, got {sorted(shapes)}")
 
 
-_compiled: _Kernel = _compile(_kernel)
-_compiled_pairs: _Kernel = _compile(_pair_counts)
-_compiled_orientations: _Kernel = _compile(_orientation_sums)
+_compiled: Kernel = compile_loop(_kernel)
+_compiled_pairs: Kernel = compile_loop(_pair_counts)
+_compiled_orientations: Kernel = compile_loop(_orientation_sums)
 
 
 def interpolated_canny(
@@ -316,3 +319,4 @@ def warm_up() -> None:
     interpolated_canny(zeros, zeros, zeros, 1.0, 2.0)
     texture_pair_counts(zeros)
     orientation_sums(zeros, zeros, zeros, 8)
+    reductions.warm_up()

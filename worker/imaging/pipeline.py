@@ -24,6 +24,7 @@ from worker.imaging.config import ImagingConfig
 from worker.imaging.edges import detect_edges, sobel, thresholds_from_percentiles
 from worker.imaging.feature_vector import FEATURE_NAMES, GRADIENT_PERCENTILES, features
 from worker.imaging.filters import as_float32, gaussian_filter, mean_filter, median_filter
+from worker.imaging.reductions import sum_and_squares
 from worker.imaging.stats import quantiles, subsample
 from worker.imaging.window import default_window, window
 
@@ -57,9 +58,8 @@ class FrameAnalysis:
         return dict(zip(FEATURE_NAMES, self.features.tolist(), strict=True))
 
 
-def _safe_scale(img: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], float]:
-    """``img / gain`` with ``gain`` a power of two (exact), 1 unless ``img``'s peak is extreme."""
-    peak = float(cv2.norm(img, cv2.NORM_INF))
+def _safe_scale(img: npt.NDArray[np.float32], peak: float) -> tuple[npt.NDArray[np.float32], float]:
+    """``img / gain``, ``gain`` a power of two (exact), 1 unless ``img``'s ``peak`` is extreme."""
     if _SAFE_LOW <= peak <= _SAFE_HIGH or peak == 0.0:
         return img, 1.0
     exponent = math.floor(math.log2(peak))
@@ -88,16 +88,19 @@ def analyze_frame_stages(
     img = as_float32(frame)
     if img.shape[0] < 2 or img.shape[1] < 2:
         raise ValueError(f"a frame needs at least 2x2 pixels, got {img.shape}")
-    # A double-precision sum is NaN or inf exactly when some pixel is (finite float32 values
-    # cannot overflow it), and costs a sixth of cv2.checkRange.
-    if not math.isfinite(cv2.sumElems(img)[0]):
-        raise ValueError("frame holds NaN or infinite values")
     clock = time.perf_counter
-    t0 = clock()
+    t0 = clock()  # the "window" stage includes these checks on the frame
+    # A double-precision sum is NaN or inf exactly when some pixel is (finite float32 values
+    # cannot overflow it), and costs a tenth of cv2.checkRange; the same pass sums the squares,
+    # and the features reuse both.
+    sums = sum_and_squares(img)
+    if not math.isfinite(sums[0]):
+        raise ValueError("frame holds NaN or infinite values")
     # Gradients of values beyond ~1e18 overflow float32 (and of values below ~1e-19 underflow
     # when squared): such frames are analysed scaled by an exact power of two, and the
     # gradient-valued results scaled back.
-    work, gain = _safe_scale(img)
+    peak = float(cv2.norm(img, cv2.NORM_INF))
+    work, gain = _safe_scale(img, peak)
     center, width = default_window(
         img,
         modality,
@@ -105,7 +108,7 @@ def analyze_frame_stages(
         percentiles=config.percentiles,
         override=config.window,
     )
-    windowed = window(img, center, width)
+    windowed = window(img, center, width, peak=peak)
     t1 = clock()
     smooth = denoise(work, config)
     t2 = clock()
@@ -130,6 +133,7 @@ def analyze_frame_stages(
         regions=regions,
         gradient_percentiles=(p50, p90, p99),
         gradient_scale=gain,
+        frame_sums=sums,
     )
     t5 = clock()
     fine = {

@@ -171,11 +171,13 @@ def test_texture_levels_are_clipped_as_quantise_clips() -> None:
 def test_no_loop_reads_or_writes_outside_its_arrays() -> None:
     # numba does not check indices by default: the same loops compiled with boundscheck=True
     # raise IndexError on any access outside an array, on edge cases of every kind.
-    from worker.imaging import kernels
+    from worker.imaging import kernels, reductions
 
+    loops = (kernels._kernel, kernels._pair_counts, kernels._orientation_sums)
+    summaries = (reductions._sum_and_squares, reductions._shape_moments)
     checked = {
         f.__name__: numba.njit(boundscheck=True, error_model="numpy")(f)
-        for f in (kernels._kernel, kernels._pair_counts, kernels._orientation_sums)
+        for f in (*loops, *summaries, reductions._texture_summary)
     }
     rng = np.random.default_rng(9)
     for shape in [(1, 1), (1, 7), (7, 1), (2, 2), (3, 3), (4, 9), (64, 48)]:
@@ -192,6 +194,10 @@ def test_no_loop_reads_or_writes_outside_its_arrays() -> None:
             checked["_pair_counts"](image * np.float32(0.02), step)
         flat = image.ravel()
         checked["_orientation_sums"](flat, np.abs(np.nan_to_num(flat)), 8)
+        checked["_sum_and_squares"](image)
+        checked["_shape_moments"](flat)
+    counts = rng.integers(0, 50, 256).astype(np.int64)
+    checked["_texture_summary"](counts, np.zeros(256, np.int64))
 
 
 def test_mismatched_or_flat_arrays_are_refused_before_the_loops() -> None:
@@ -209,7 +215,7 @@ def test_mismatched_or_flat_arrays_are_refused_before_the_loops() -> None:
 def test_without_a_writable_cache_the_loops_compile_per_process(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from worker.imaging import kernels
+    from worker.imaging import compiled, kernels
 
     real_njit = numba.njit
 
@@ -218,9 +224,9 @@ def test_without_a_writable_cache_the_loops_compile_per_process(
             raise RuntimeError("cannot cache function '_pair_counts': no locator available")
         return real_njit(**options)
 
-    monkeypatch.setattr(kernels.numba, "njit", njit)
-    caplog.set_level("INFO", logger="worker.imaging.kernels")
-    compiled = kernels._compile(kernels._pair_counts)
-    horizontal, _ = compiled(np.zeros((2, 3), np.float32), 1)
+    monkeypatch.setattr(compiled.numba, "njit", njit)
+    caplog.set_level("INFO", logger="worker.imaging.compiled")
+    loop = compiled.compile_loop(kernels._pair_counts)
+    horizontal, _ = loop(np.zeros((2, 3), np.float32), 1)
     assert int(horizontal[0]) == 4  # two rows of two (0, 0) pairs
     assert "compiled _pair_counts not cached" in caplog.text
