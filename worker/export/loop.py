@@ -230,18 +230,10 @@ class Exporter:
                 raise _Abandoned
 
     def _lag(self, partitions: set[TopicPartition]) -> None:
-        owned = self.consumer.assignment()
-        total = 0
-        for tp in partitions & owned:
-            try:
-                high = self.consumer.highwater(tp)
-                position = self.consumer.position(tp, timeout_ms=1000)  # never wait unbounded
-            except Exception:  # noqa: BLE001 - revoked between the check and the call
-                continue
-            if high is not None and position is not None:
-                total += max(0, high - position)
-                self.metrics.set_lag(tp.topic, tp.partition, max(0, high - position))
-        self.health.set_backlog(total)
+        lags = kafka_clients.partition_lags(self.consumer, partitions)
+        for tp, lag in lags.items():
+            self.metrics.set_lag(tp.topic, tp.partition, lag)
+        self.health.set_backlog(sum(lags.values()))
 
     def _caught_up(self) -> bool:
         self.delivery.commit_pending()

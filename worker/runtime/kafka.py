@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import errors as KafkaErrors
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -330,8 +330,6 @@ def group_caught_up(consumer: Any, topic: str) -> bool:
     never got a partition (the others were faster) must still stop. Bounded: kafka-python
     retries an unanswered OffsetFetch without limit; a lookup that times out means "not known
     to be caught up", asked again after the next poll."""
-    from kafka import TopicPartition
-
     partitions = consumer.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     if not tps:
@@ -341,3 +339,26 @@ def group_caught_up(consumer: Any, topic: str) -> bool:
         return all((consumer.committed(tp, timeout_ms=10_000) or 0) >= ends[tp] for tp in tps)
     except KafkaErrors.KafkaTimeoutError:
         return False
+
+
+def partition_lags(
+    consumer: Any, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Records between our position and the high watermark, for each of ``partitions`` still
+    assigned to ``consumer`` whose both ends are known (the lag gauges of the worker and the
+    exporter).
+
+    Bounded: a position not yet known (just assigned) is fetched from the group coordinator, and
+    kafka-python waits for it without limit by default. A partition revoked between the check
+    and the lookup is left out.
+    """
+    owned = consumer.assignment()
+    lags: dict[TopicPartition, int] = {}
+    for tp in set(partitions) & owned:
+        try:
+            high, position = consumer.highwater(tp), consumer.position(tp, timeout_ms=1000)
+        except Exception:  # noqa: BLE001 - revoked between the check and the call
+            continue
+        if high is not None and position is not None:
+            lags[tp] = max(0, high - position)
+    return lags

@@ -16,6 +16,7 @@ from kafka import TopicPartition
 
 from worker.contract import EVENT_ID, header
 from worker.metrics import STAGES, Health, Metrics
+from worker.runtime import kafka as kafka_clients
 from worker.runtime.jsonlog import log_event
 from worker.runtime.results import EventResult
 
@@ -128,17 +129,7 @@ class Observer:
     def lag(self, consumer: Any, partitions: set[TopicPartition], in_flight: int = 0) -> None:
         """Lag of the partitions just committed that are still ours; with ``in_flight`` (records
         polled and not yet committed), the backlog for health."""
-        owned = consumer.assignment()
-        total = 0
-        for tp in partitions & owned:
-            try:
-                # Bounded: a position not yet known (just assigned) is fetched from the group
-                # coordinator, and kafka-python waits for it without limit by default.
-                high, position = consumer.highwater(tp), consumer.position(tp, timeout_ms=1000)
-            except Exception:  # noqa: BLE001 - revoked between the check and the call
-                continue
-            if high is not None and position is not None:
-                lag = max(0, high - position)
-                total += lag
-                self.metrics.set_lag(tp.topic, tp.partition, lag)
-        self.health.set_backlog(total + in_flight)
+        lags = kafka_clients.partition_lags(consumer, partitions)
+        for tp, lag in lags.items():
+            self.metrics.set_lag(tp.topic, tp.partition, lag)
+        self.health.set_backlog(sum(lags.values()) + in_flight)
