@@ -265,25 +265,6 @@ def pair_counts(
     return out[0], out[1]
 
 
-def window_cooccurrence(
-    windowed: npt.NDArray[np.float32], row_step: int = 1
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """:func:`cooccurrence` of :func:`quantise` ``(windowed)`` (values in [0, 1]), in one pass.
-
-    The pairs are counted by a compiled loop that quantises only the rows it reads
-    (:func:`~worker.imaging.kernels.texture_pair_counts`); the matrices are the same.
-
-    >>> w = np.float32([[0.0, 0.5], [1.0, 0.5]])
-    >>> all(np.array_equal(a, b) for a, b in zip(window_cooccurrence(w), cooccurrence(quantise(w))))
-    True
-    """
-    horizontal, vertical = (
-        _glcm(counts) if counts.any() else np.zeros((GLCM_LEVELS, GLCM_LEVELS))
-        for counts in texture_pair_counts(windowed, row_step)
-    )
-    return horizontal, vertical
-
-
 def _glcm(counts: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
     """Symmetric, normalised 16x16 matrix from 256 pair counts (first level * 16 + second)."""
     glcm = np.asarray(counts, np.float64).reshape(GLCM_LEVELS, GLCM_LEVELS)

@@ -17,7 +17,7 @@ import pytest
 from tests.unit.imaging.canny_reference import reference_canny
 from worker.imaging import gaussian_filter, sobel
 from worker.imaging.edges import Gradient, auto_thresholds, orientation
-from worker.imaging.feature_vector import cooccurrence, quantise, window_cooccurrence
+from worker.imaging.feature_vector import pair_counts, quantise
 from worker.imaging.kernels import (
     interpolated_canny,
     orientation_sums,
@@ -114,8 +114,8 @@ def _windows() -> list[npt.NDArray[np.float32]]:
 @pytest.mark.parametrize("row_step", [1, 2, 3, 4])
 def test_texture_pair_counts_equal_opencv_quantise_and_count(row_step: int) -> None:
     for windowed in _windows():
-        ours = window_cooccurrence(windowed, row_step)
-        ref = cooccurrence(quantise(windowed), row_step)
+        ours = texture_pair_counts(windowed, row_step)
+        ref = pair_counts(quantise(windowed), row_step)
         for a, b in zip(ours, ref, strict=True):
             np.testing.assert_array_equal(a, b)
         q = quantise(windowed).astype(np.int64)
@@ -160,7 +160,7 @@ def test_orientation_sums_equal_the_numpy_path() -> None:
 def test_texture_levels_are_clipped_as_quantise_clips() -> None:
     rng = np.random.default_rng(5)
     windowed = rng.uniform(-2.0, 3.0, (40, 33)).astype(np.float32)
-    ours, ref = window_cooccurrence(windowed, 2), cooccurrence(quantise(windowed), 2)
+    ours, ref = texture_pair_counts(windowed, 2), pair_counts(quantise(windowed), 2)
     for a, b in zip(ours, ref, strict=True):
         np.testing.assert_array_equal(a, b)
     windowed[::3, ::5] = np.nan  # never an index outside the histograms
