@@ -9,8 +9,9 @@ in one child process (``spawn``: no fork of a process that has threads) and wait
 outcomes with the GIL released. The loop, its flow control and its delivery do not change:
 they see a pipeline whose ``process`` returns the same outcomes.
 
-What crosses the pipe: the chunk's events (their bytes, once) and the outcomes without the
-events' bytes (the parent puts its own events back). The child loads the models itself. The
+What crosses the pipe: the chunk's events, their bytes in a file under ``/dev/shm`` instead
+(:mod:`worker.runtime.handoff`), and the outcomes without the events' bytes (the parent puts
+its own events back). The child loads the models itself. The
 worker keeps two chunks in the child (two compute threads here), so that it goes from one to the
 next without waiting for this process; chunks are sized by the child's own compute time
 (:meth:`ProcessPipeline.compute_seconds`), and the pipes hold 1 MiB (:func:`widen_pipes`).
@@ -53,6 +54,7 @@ from worker.contract import ScanEvent
 from worker.errors import ModelError, Rejection
 from worker.imaging import ImagingConfig
 from worker.pipeline import Outcome, Pipeline
+from worker.runtime import handoff
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,14 @@ def run_pipeline(events: Sequence[ScanEvent], sources: Sources) -> tuple[list[Ou
     return [
         dataclasses.replace(o, event=dataclasses.replace(o.event, data=None)) for o in outcomes
     ], seconds
+
+
+def run_parcel(
+    target: Target, events: Sequence[ScanEvent], parcel: handoff.Parcel, sources: Sources
+) -> tuple[list[Outcome], float]:
+    """The child's side of :meth:`ProcessPipeline.process`: the chunk's bytes from their parcel
+    (:mod:`worker.runtime.handoff`), then ``target``."""
+    return target(handoff.unpack(events, parcel), sources)
 
 
 #: Linux's F_SETPIPE_SZ, and the size asked for: an unprivileged process may go up to
@@ -198,8 +208,9 @@ class ProcessPipeline:
             self._in_child += len(events)
             limit_s = self.hard_limit_s(self._in_child)
         hung = False
+        stripped, parcel = handoff.pack(events)
         try:
-            future = pool.submit(self._target, list(events), sources)
+            future = pool.submit(run_parcel, self._target, stripped, parcel, sources)
             computed, self._local.seconds = future.result(timeout=limit_s)
         except BrokenProcessPool:
             computed, self._local.seconds = None, None
@@ -207,6 +218,7 @@ class ProcessPipeline:
             self._kill(pool, f"{len(events)} events took over {limit_s:.0f} s")
             computed, self._local.seconds, hung = None, None, True
         finally:
+            handoff.discard(parcel)  # the child removed it, unless it died or hung first
             with self._state:
                 self._running -= 1
                 self._in_child -= len(events)
