@@ -103,12 +103,12 @@ class CpuMeter:
 
 
 def cpu_rows(result: Mapping[str, Any]) -> list[list[Any]]:
-    """Rows of (burst, img/s, worker, broker and bench CPU ms per event, cores busy) for each
-    saturation burst of a bench result that measured its CPU.
+    """Rows of (burst, img/s on the backlog, img/s over the whole burst, worker, broker and
+    bench CPU ms per event, cores busy) for each saturation burst that measured its CPU.
 
     >>> burst = {"img_s": 90.0, "cpu_ms_per_event": {"worker": 9.0}, "cores_busy": 1.5}
     >>> cpu_rows({"phases": {"worker1": {"bursts": [burst]}}})
-    [['worker1 1', 90.0, 9.0, None, None, 1.5]]
+    [['worker1 1', 90.0, None, 9.0, None, None, 1.5]]
     """
     rows = []
     for tag, phase in result.get("phases", {}).items():
@@ -116,5 +116,6 @@ def cpu_rows(result: Mapping[str, Any]) -> list[list[Any]]:
             if "cpu_ms_per_event" in burst:
                 cpu = burst["cpu_ms_per_event"]
                 roles = [cpu.get(k) for k in ("worker", "broker", "bench")]
-                rows.append([f"{tag} {i + 1}", burst.get("img_s"), *roles, burst.get("cores_busy")])
+                rates = [burst.get("img_s"), burst.get("img_s_whole_burst")]
+                rows.append([f"{tag} {i + 1}", *rates, *roles, burst.get("cores_busy")])
     return rows

@@ -32,7 +32,10 @@ IMAGING_TARGETS: Final = {"ratio_to_floor": 2.0, "ratio_to_recipe": 1.0}
 _CPU_NOTE = (
     "CPU per event during each saturation burst, by process: the worker (all its threads and "
     "processes), the local broker, and this benchmark process (publisher and reader); cores "
-    "busy is their total over the burst's wall time (see worker/bench/cpu.py)."
+    "busy is their total over the burst's wall time (see worker/bench/cpu.py). img/s is the "
+    "worker's rate on the backlog once every event is published; the whole burst's rate "
+    "also counts the seconds of publishing, when the publisher and the broker share the "
+    "worker's cores (worker/bench/e2e.py, backlog_rate)."
 )
 
 
@@ -168,7 +171,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         out += [*_table(["measurement", "img/s", "note"], rows), ""]
         if cpu := cpu_rows(result):
             out += ["### CPU per event in the saturation bursts", "", _CPU_NOTE, ""]
-            header = ["burst", "img/s", "worker ms", "broker ms", "bench ms", "cores busy"]
+            header = ["burst", "img/s", "whole burst img/s", "worker ms", "broker ms", "bench ms"]
+            header += ["cores busy"]
             out += [*_table(header, cpu), ""]
     latency = result.get("latency") or []
     if latency:

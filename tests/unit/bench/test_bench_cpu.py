@@ -60,9 +60,10 @@ def test_own_cpu_grows_when_this_process_works() -> None:
 
 
 def test_the_markdown_shows_a_cpu_row_per_burst() -> None:
-    burst = {"img_s": 90.0, "cpu_ms_per_event": {"worker": 9.5, "broker": 3.25, "bench": 2.0},
+    burst = {"img_s": 90.0, "img_s_whole_burst": 80.5,
+             "cpu_ms_per_event": {"worker": 9.5, "broker": 3.25, "bench": 2.0},
              "cores_busy": 1.35}  # fmt: skip
     result = {"limit_img_s": 100.0, "cores": 2, "phases": {"worker1": {"bursts": [burst, {}]}}}
-    assert cpu_rows(result) == [["worker1 1", 90.0, 9.5, 3.25, 2.0, 1.35]]
+    assert cpu_rows(result) == [["worker1 1", 90.0, 80.5, 9.5, 3.25, 2.0, 1.35]]
     md = render_markdown(result)
-    assert "| worker1 1 | 90.0 | 9.5 | 3.25 | 2 | 1.35 |" in md
+    assert "| worker1 1 | 90.0 | 80.5 | 9.5 | 3.25 | 2 | 1.35 |" in md
