@@ -79,14 +79,15 @@ def pack(
 def _write(path: Path, chunks: list[bytes]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        views = [memoryview(c) for c in chunks]
+        views = [memoryview(c) for c in chunks if len(c)]  # an empty value writes nothing
         while views:  # writev may write less than asked: go on from where it stopped
             written = os.writev(fd, views[:1024])  # at most IOV_MAX buffers a call
-            while written and views:
-                if written >= len(views[0]):
-                    written -= len(views.pop(0))
-                else:
-                    views[0], written = views[0][written:], 0
+            if written <= 0:
+                raise OSError(f"writev wrote nothing to {path}")
+            while views and written >= len(views[0]):
+                written -= len(views.pop(0))
+            if written:
+                views[0] = views[0][written:]
     finally:
         os.close(fd)
 

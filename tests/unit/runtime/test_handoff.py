@@ -52,6 +52,16 @@ def test_a_parcel_cut_short_is_an_error_not_an_event_with_part_of_its_bytes(
         handoff.unpack(stripped, parcel)
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("values", [[b""], [b"DICM", b""], [b"", b"", b"x"]], ids=repr)
+def test_empty_values_cross_too(tmp_path: Path, values: list[bytes]) -> None:
+    # An empty record value (a hostile record: not_dicom) once sent writev round for ever.
+    events = [ScanEvent(f"e{i}", 0.0, data=v) for i, v in enumerate(values)]
+    stripped, parcel = handoff.pack(events, tmp_path)
+    assert parcel.path is not None
+    assert handoff.unpack(stripped, parcel) == events
+
+
 def test_no_events_with_bytes_no_file(tmp_path: Path) -> None:
     events = [ScanEvent("r", 0.0, uri="file:///x.dcm")]
     assert handoff.pack(events, tmp_path) == (events, handoff.Parcel(None, (None,)))
