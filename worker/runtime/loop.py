@@ -57,9 +57,6 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: The longest a poll taken ahead waits for records: its chunk's delivery waits for it.
-AHEAD_POLL_MS = 10
-
 
 @dataclasses.dataclass(frozen=True)
 class Polled:
@@ -250,8 +247,12 @@ class Worker:
         chunks submitted at once; None when it brings nothing, or when partitions were revoked
         since this poll (``mark``): its records are then sought back and polled again after
         this poll's last chunk is delivered, as :meth:`_poll` would."""
+        # The loop's own poll, timeout included: with a backlog, records are there already, and
+        # kafka-python was seen to lose its group when a rebalance began inside a short poll
+        # (see _poll). So a backlog that ends just then holds its last chunk back by up to
+        # poll_timeout_ms.
         batch = self.consumer.poll(
-            timeout_ms=AHEAD_POLL_MS, max_records=self.settings.max_poll_records
+            timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records
         )
         polled_at = time.time()
         if self.flow.revoked_since(mark):
