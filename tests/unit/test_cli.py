@@ -35,6 +35,8 @@ def test_misconfiguration_fails_fast_naming_the_variable() -> None:
         "run", SCANSTREAM_MODELS_DIR="/nonexistent/models", KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9"
     )
     assert proc.returncode == 2 and "/nonexistent/models" in proc.stderr
+    # Loaded in the compute process by default: its error, not the pool's traceback.
+    assert "Traceback" not in proc.stderr and "initializer" not in proc.stderr
 
 
 def test_a_broker_that_does_not_answer_fails_start_naming_address_and_cause() -> None:

@@ -3,9 +3,10 @@
 In one process, the compute thread (pydicom, numpy glue, the feature loops' Python) and
 kafka-python's threads (socket reads, record parsing, produce, commit) take turns on one
 interpreter lock: at saturation each waits for the other, and a two-core machine runs at about
-one core's speed. With ``SCANSTREAM_COMPUTE_PROCESS=true`` the worker's compute thread hands each
-chunk to :class:`ProcessPipeline`, which runs the very same :class:`~worker.pipeline.Pipeline`
-in one child process (``spawn``: no fork of a process that has threads) and waits for its
+one core's speed. So by default (``SCANSTREAM_COMPUTE_PROCESS=true``; false keeps the compute in
+the worker's own process) the worker's compute thread hands each chunk to
+:class:`ProcessPipeline`, which runs the very same :class:`~worker.pipeline.Pipeline` in one child
+process (``spawn``: no fork of a process that has threads) and waits for its
 outcomes with the GIL released. The loop, its flow control and its delivery do not change:
 they see a pipeline whose ``process`` returns the same outcomes.
 
@@ -51,7 +52,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Final
 
 from worker.contract import ScanEvent
-from worker.errors import ModelError, Rejection
+from worker.errors import ModelError, Rejection, ScanStreamError
 from worker.imaging import ImagingConfig
 from worker.pipeline import Outcome, Pipeline
 from worker.runtime import handoff
@@ -63,6 +64,7 @@ Sources = Sequence[dict[str, Any] | None] | None
 Target = Callable[[Sequence[ScanEvent], Sources], tuple[list[Outcome], float]]
 
 _pipeline: Pipeline | None = None  # the child's own, built once by _start_child
+_start_error: ScanStreamError | None = None  # why the child could not build it
 
 
 def _start_child(settings: Settings, imaging: ImagingConfig, parent: int) -> None:
@@ -71,7 +73,7 @@ def _start_child(settings: Settings, imaging: ImagingConfig, parent: int) -> Non
     Ctrl-C reaches the whole process group: the child ignores it, and stops when the parent,
     having finished its batch, shuts it down. A parent killed outright (SIGKILL, a crash) never
     does: the child then exits by itself (:func:`_exit_with`)."""
-    global _pipeline
+    global _pipeline, _start_error
     from worker.runtime import allocator, jsonlog
     from worker.runtime.service import load_models
 
@@ -79,7 +81,18 @@ def _start_child(settings: Settings, imaging: ImagingConfig, parent: int) -> Non
     threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="parent-watch").start()
     jsonlog.setup(settings.log_level)
     allocator.tune(settings.malloc_tune)
-    _pipeline = Pipeline(load_models(settings), settings, imaging)
+    try:
+        _pipeline = Pipeline(load_models(settings), settings, imaging)
+    except ScanStreamError as exc:  # a misconfiguration: the parent fails its start with it
+        _start_error = exc
+
+
+def _started() -> None:
+    """The parent's first call: raises the error that kept the child from its pipeline (a
+    models directory that is not there, a GPU required and missing), so that the worker fails
+    its start with that message instead of a traceback from the pool's initializer."""
+    if _start_error is not None:
+        raise _start_error
 
 
 def _exit_with(parent: int, every_s: float = 0.5) -> None:
@@ -168,11 +181,14 @@ class ProcessPipeline:
         # Start the child now: a model that fails to load fails the worker's start, not its
         # first event, and the first event does not wait for the models.
         try:
-            self._pool.submit(int).result()
+            self._pool.submit(_started).result()
+        except ScanStreamError:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            raise
         except BrokenProcessPool as exc:
             self._pool.shutdown(wait=True, cancel_futures=True)
             raise ModelError(
-                "the compute process (SCANSTREAM_COMPUTE_PROCESS=true) failed to start: its log "
+                "the compute process (SCANSTREAM_COMPUTE_PROCESS) failed to start: its log "
                 "lines above say why"
             ) from exc
 

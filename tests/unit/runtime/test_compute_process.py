@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from worker.contract import ScanEvent
-from worker.errors import Rejection
+from worker.errors import ModelError, Rejection
 from worker.inference import ModelSet
 from worker.phantoms import Lesion, ct_slice, encode_ct
 from worker.pipeline import Outcome, Pipeline
@@ -57,6 +57,11 @@ def test_a_rejection_survives_the_trip_between_processes() -> None:
     back = pickle.loads(pickle.dumps(Rejection("truncated", "ends  at\nbyte 300")))
     assert isinstance(back, Rejection)
     assert (back.reason, back.detail, str(back)) == ("truncated", "ends at byte 300", str(back))
+
+
+def test_a_child_that_cannot_load_its_models_fails_the_start_with_the_reason() -> None:
+    with pytest.raises(ModelError, match="/nonexistent/models: models directory does not exist"):
+        ProcessPipeline(Settings(models_dir="/nonexistent/models"))
 
 
 def test_the_child_gives_the_outcomes_of_the_worker_s_own_pipeline() -> None:
