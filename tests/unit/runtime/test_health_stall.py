@@ -49,7 +49,7 @@ def test_a_stuck_partition_turns_healthz_red_and_back() -> None:
     log: list[str] = []
     consumer, producer = FakeConsumer(log, [[record]]), FakeProducer(log, fail)
     worker = Worker(
-        Settings(),
+        Settings(compute_process=False),  # the loop in one process: fakes cannot cross
         "fake:9092",
         ModelSet.load(),
         Metrics(),

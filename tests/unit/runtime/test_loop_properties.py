@@ -99,7 +99,7 @@ def test_every_record_ends_in_exactly_one_committed_result(
     consumer = FakeConsumer(log, batches, commit_error)
     producer = FakeProducer(log, fail)
     worker = Worker(
-        Settings(),
+        Settings(compute_process=False),  # the loop in one process: fakes cannot cross
         "fake:9092",
         models(),
         Metrics(),

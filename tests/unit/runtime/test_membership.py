@@ -125,7 +125,7 @@ def test_the_worker_replaces_a_stuck_consumer_and_goes_on(models: ModelSet) -> N
     fresh = FakeConsumer(log, [[record(0, good)]])
     made = iter([stuck, fresh])
     worker = Worker(
-        Settings(),
+        Settings(compute_process=False),  # the loop in one process: fakes cannot cross
         "fake:9092",
         models,
         Metrics(),
@@ -145,7 +145,7 @@ def test_the_worker_replaces_a_stuck_consumer_and_goes_on(models: ModelSet) -> N
 def test_a_consumer_given_by_the_caller_is_never_replaced(models: ModelSet) -> None:
     consumer: Any = FakeConsumer([], [[Record("scans.events", 0, 0, 0, None, b"x")]])
     worker = Worker(
-        Settings(),
+        Settings(compute_process=False),  # the loop in one process: fakes cannot cross
         "fake:9092",
         models,
         Metrics(),
