@@ -284,9 +284,9 @@ class Worker:
         chunk's results are finished after the next poll, with the compute of the chunk that
         poll brings.
 
-        With a compute process, a poll of more than one chunk (a backlog) takes the next poll
-        while its last chunk computes (:meth:`_poll_ahead`) and returns it, its chunks already
-        queued: else
+        With a compute process, a full poll of more than one chunk (a backlog) takes the next
+        poll while its last chunk computes (:meth:`_poll_ahead`) and returns it, its chunks
+        already queued: else
         the child waits, between polls, for this thread to deliver that chunk and parse the
         next poll's records (measured: 15 to 35 ms every 64 records, 7% of the child's time).
         In-flight work is then up to two polls."""
@@ -302,7 +302,14 @@ class Worker:
             (self._submit(c, polled_at), len(c)) for c in self._sizer.split(records)
         ]
         ahead = None
-        look_ahead = self._look_ahead and len(queued) > 1  # a backlog: more than a chunk
+        # A backlog: a full poll of more than one chunk. Not below saturation, where the poll
+        # ahead would wait for the next event and hold the last chunk's findings back with it
+        # (measured at half load: p99 up to 99 ms against 56 to 65 without).
+        look_ahead = (
+            self._look_ahead
+            and len(queued) > 1
+            and len(records) >= self.settings.max_poll_records
+        )
         for n, (work, _) in enumerate(queued):
             self._finish_held(in_flight=sum(size for _, size in queued[n:]))
             if look_ahead and n == len(queued) - 1 and not self._stop.is_set():

@@ -43,8 +43,8 @@ def _worker(
 ) -> tuple[Worker, FakeConsumer, FakeProducer, list[str]]:
     log: list[str] = []
     consumer, producer = FakeConsumer(log, batches), FakeProducer(log)
-    # A target below any event's compute: every event is a chunk, every poll a backlog.
-    settings = Settings(chunk_target_ms=1e-6, compute_process=compute_process)
+    # A target below any event's compute: every event is a chunk; a poll of three is full.
+    settings = Settings(chunk_target_ms=1e-6, compute_process=compute_process, max_poll_records=3)
     pipeline = OneAtATime(Pipeline(models, settings))
     worker = Worker(
         settings,
@@ -84,6 +84,16 @@ def test_the_next_poll_is_taken_before_the_last_chunk_is_sent(models: ModelSet) 
     polls = [i for i, entry in enumerate(log) if entry == "poll"]
     # The second and third polls come before the finding of the poll before's last event.
     assert polls[1] < sends[2] and polls[2] < sends[5]
+
+
+def test_below_saturation_the_loop_polls_after_the_last_chunk(models: ModelSet) -> None:
+    # Two polls of two (not full: no backlog): the poll ahead would only wait for new events.
+    worker, _, producer, log = _worker(models, _batches([2, 2]))
+    worker.run(drain=True)
+    assert _finding_offsets(producer) == list(range(4))
+    sends = [i for i, entry in enumerate(log) if entry.startswith("send")]
+    polls = [i for i, entry in enumerate(log) if entry == "poll"]
+    assert sends[1] < polls[1]
 
 
 def test_without_a_compute_process_the_loop_polls_after_the_last_chunk(
