@@ -306,9 +306,7 @@ class Worker:
         # ahead would wait for the next event and hold the last chunk's findings back with it
         # (measured at half load: p99 up to 99 ms against 56 to 65 without).
         look_ahead = (
-            self._look_ahead
-            and len(queued) > 1
-            and len(records) >= self.settings.max_poll_records
+            self._look_ahead and len(queued) > 1 and len(records) >= self.settings.max_poll_records
         )
         for n, (work, _) in enumerate(queued):
             self._finish_held(in_flight=sum(size for _, size in queued[n:]))
