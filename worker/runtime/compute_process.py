@@ -3,18 +3,17 @@
 In one process, the compute thread (pydicom, numpy glue, the feature loops' Python) and
 kafka-python's threads (socket reads, record parsing, produce, commit) take turns on one
 interpreter lock: at saturation each waits for the other, and a two-core machine runs at about
-one core's speed. So by default (``SCANSTREAM_COMPUTE_PROCESS=true``; false keeps the compute in
-the worker's own process) the worker's compute thread hands each chunk to
-:class:`ProcessPipeline`, which runs the very same :class:`~worker.pipeline.Pipeline` in one child
-process (``spawn``: no fork of a process that has threads) and waits for its
+one core's speed. With ``SCANSTREAM_COMPUTE_PROCESS=true`` the worker's compute thread hands each
+chunk to :class:`ProcessPipeline`, which runs the very same :class:`~worker.pipeline.Pipeline` in
+one child process (``spawn``: no fork of a process that has threads) and waits for its
 outcomes with the GIL released. The loop, its flow control and its delivery do not change:
 they see a pipeline whose ``process`` returns the same outcomes.
 
 What crosses the pipe: the chunk's events, their bytes in a file under ``/dev/shm`` instead
 (:mod:`worker.runtime.handoff`), and the outcomes without the events' bytes (the parent puts
-its own events back). The child loads the models itself. The
-worker keeps two chunks in the child (two compute threads here), so that it goes from one to the
-next without waiting for this process; chunks are sized by the child's own compute time
+its own events back). The child loads the models itself. The worker keeps two chunks in the
+child (two compute threads here), so that it goes from one to the next without waiting for this
+process; chunks are sized by the child's own compute time
 (:meth:`ProcessPipeline.compute_seconds`), and the pipes hold 1 MiB (:func:`widen_pipes`).
 
 Measured on 2 cores (README, Benchmarks): 1.2x the in-thread worker's saturation rate, for a
@@ -223,9 +222,9 @@ class ProcessPipeline:
             # What is ahead of this chunk in the child counts against its deadline too.
             self._in_child += len(events)
             limit_s = self.hard_limit_s(self._in_child)
-        hung = False
-        stripped, parcel = handoff.pack(events)
+        hung, parcel = False, handoff.Parcel(None, ())
         try:
+            stripped, parcel = handoff.pack(events)
             future = pool.submit(run_parcel, self._target, stripped, parcel, sources)
             computed, self._local.seconds = future.result(timeout=limit_s)
         except BrokenProcessPool:
