@@ -45,7 +45,7 @@ def make_worker(
     worker = Worker(
         # One chunk a poll: these tests pin the delivery of a batch (chunks are each delivered
         # the same way: test_a_poll_is_delivered_chunk_by_chunk). Computed in this process:
-        # the compute process has tests of its own (test_compute_process, test_loop_ahead).
+        # the compute process has tests of its own (test_compute_process, test_handoff).
         (settings or Settings(chunk_target_ms=0)).replace(compute_process=False),
         "fake:9092",
         models,
