@@ -187,7 +187,7 @@ class ProcessPipeline:
         except BrokenProcessPool as exc:
             self._pool.shutdown(wait=True, cancel_futures=True)
             raise ModelError(
-                "the compute process (SCANSTREAM_COMPUTE_PROCESS) failed to start: its log "
+                "the compute process (SCANSTREAM_COMPUTE_PROCESS=true) failed to start: its log "
                 "lines above say why"
             ) from exc
 
