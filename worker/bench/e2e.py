@@ -13,8 +13,8 @@ every process holds partitions and the group has settled, so no phase measures s
 * Saturation (:func:`saturate`): ``n`` events are published as fast as the producer goes, and the
   rate is that of the backlog they leave (:func:`backlog_rate`: frames answered from the first
   finding after the last send to the last finding); ``img_s_whole_burst`` is frames answered /
-  (arrival of the last finding - first send). Events are spread over
-  the partitions round-robin, so that two processes get equal shares.
+  (arrival of the last finding - first send). Events are spread over the partitions
+  round-robin, so that two processes get equal shares.
 * Latency (:func:`paced`): open loop. Event ``i`` is sent at ``start + i / rate`` whatever the
   worker does (:func:`pacing_schedule`); a late send is not skipped, so overload shows up as
   latency instead of being hidden by a publisher that waits for answers. Latency is the

@@ -5,8 +5,8 @@ the child, done with one chunk, reads the next one's first MiB and then waits fo
 feeder thread, which needs the interpreter lock that Kafka's threads hold, to write each further
 MiB (measured: 2 to 6 ms of idle child between chunks of about 50 ms). Here the worker writes the
 bytes into one file under ``/dev/shm`` (RAM) before it submits the chunk, in one ``writev`` that
-releases the lock, and the pipe carries only the events' ids, times and sizes; the child reads
-the file in one call and removes it.
+releases the lock, and the pipe carries only the events' ids, times and sizes; the child opens
+the file, removes its name at once and reads each event's bytes from it.
 
 Nothing is left behind: the child removes the file as soon as it has read it, and the worker
 removes it again once the chunk is answered (or its child died or hung). Only a worker and its
