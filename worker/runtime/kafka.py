@@ -43,6 +43,7 @@ from worker.runtime import kafka_recv as kafka_recv  # installs bigger socket re
 from worker.runtime import security
 from worker.runtime.connect import login_hint
 from worker.runtime.connect import wait_for_broker as wait_for_broker
+from worker.runtime.membership import guard_join
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -311,7 +312,7 @@ def consumer(
         **security.client_security(settings),
     }
     kwargs.update(extra)
-    c = KafkaConsumer(**kwargs)
+    c = guard_join(KafkaConsumer(**kwargs))
     topics = list(topics)
     for topic in topics:
         # Metadata before joining, as the worker does (runtime/loop.py): a group leader without

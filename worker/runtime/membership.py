@@ -11,7 +11,9 @@ answer for any of them, or no records for two windows while records that were al
 window ago wait on its own partitions (its client believing it assigned while the broker had
 dropped it is the suspected cause); the loop then replaces the consumer: the old one is closed
 (it leaves the group) and a new one joins afresh. Which of these the stalls seen were is not
-proven: a replacement logs the member's state, so the next one will tell.
+proven: a replacement logs the member's state, so the next one will tell. One cause is known and
+closed where it starts (:func:`guard_join`): a leader's rejoin that a short poll left stranded,
+after which the broker forgot the member (the ``LeaveGroup ... UnknownMemberIdError`` above).
 
 A member without partitions among members that work (more members than partitions), or on a
 topic with nothing waiting, is idle, not stuck, and is left alone: the watchdog never makes a
@@ -39,6 +41,55 @@ STABLE: Final = "<stable>"  # kafka.structs.MemberState.STABLE
 # Longer than a session (10 s) plus an unanswered request (30 s): a join that is merely slow
 # (the broker waits for every member to rejoin) usually ends well within it.
 STUCK_AFTER_S: Final = 45.0
+
+
+def guard_join(consumer: Any) -> Any:
+    """Close a race in kafka-python 3.0's group join that strands a member; returns ``consumer``.
+
+    Seen here (a debug log of a worker that stalled after its first poll, in the fault tests
+    with the compute process on, 2 of 3 runs): a rejoin that kafka-python starts itself because
+    the topic's metadata changed (the leader joined before it knew the partitions, or a partition
+    was added) runs as a task on its network thread. The leader's assignment step records the
+    metadata it assigned, and from that moment ``need_rejoin()`` says False: a ``poll()`` that
+    comes between that step and the SyncGroup answer (any poll whose timeout ran out mid-join,
+    then the next one) no longer waits for the task, so its result is never applied. The member
+    stays ``<rebalancing>`` with its old partitions revoked, its heartbeats off (they are turned
+    back on only when the result is applied), and the broker drops it after the session timeout:
+    the group is ``Empty`` while the member believes it holds partitions, and it fetches nothing
+    for ever.
+
+    The guard: ``need_rejoin()`` also says True while a join task is pending or finished
+    unapplied, so the next poll waits for it (pending) or joins again (finished: kafka-python
+    starts a fresh attempt, which the broker answers with the current or a new generation).
+    Where the client lacks the attributes this relies on (another kafka-python), the consumer is
+    left as it is, with a warning; :class:`MembershipWatchdog` remains the last resort.
+
+    >>> class Coordinator:
+    ...     _join_task = None
+    ...     def need_rejoin(self): return False
+    >>> consumer = type("C", (), {"_coordinator": Coordinator()})()
+    >>> _ = guard_join(consumer)
+    >>> consumer._coordinator.need_rejoin()
+    False
+    >>> consumer._coordinator._join_task = object()  # a join attempt nobody awaited yet
+    >>> consumer._coordinator.need_rejoin()
+    True
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    original = getattr(coordinator, "need_rejoin", None)
+    if coordinator is None or not callable(original) or not hasattr(coordinator, "_join_task"):
+        log.warning(
+            "this kafka-python has no join task to guard (%s): a member stranded mid-join is "
+            "left to the membership watchdog",
+            type(coordinator).__name__,
+        )
+        return consumer
+
+    def need_rejoin() -> bool:
+        return coordinator._join_task is not None or bool(original())
+
+    coordinator.need_rejoin = need_rejoin
+    return consumer
 
 
 def member_state(consumer: Any) -> str | None:

@@ -13,7 +13,7 @@ from worker.inference import ModelSet
 from worker.metrics import Health, Metrics
 from worker.phantoms import ct_slice, encode_ct
 from worker.runtime.loop import Worker
-from worker.runtime.membership import MembershipWatchdog
+from worker.runtime.membership import MembershipWatchdog, guard_join
 from worker.settings import Settings
 
 __all__ = ["models"]
@@ -31,6 +31,45 @@ def member(state: str | None, owned: bool = False) -> Any:
     if not owned:
         consumer.owned = set()
     return consumer
+
+
+class _Joining:
+    """kafka-python 3.0's coordinator as the guard sees it: a join task, and its own answer."""
+
+    def __init__(self, answer: bool) -> None:
+        self._join_task: object | None = None
+        self.answer = answer
+        self.asked = 0
+
+    def need_rejoin(self) -> bool:
+        self.asked += 1
+        return self.answer
+
+
+def test_the_join_guard_waits_for_a_join_task_the_client_would_forget() -> None:
+    coordinator = _Joining(answer=False)  # the leader's assignment made the client say False
+    consumer: Any = type("Consumer", (), {"_coordinator": coordinator})()
+    assert guard_join(consumer) is consumer
+    assert consumer._coordinator.need_rejoin() is False  # no join at all: the client's answer
+    coordinator._join_task = object()  # pending, or finished and not yet applied
+    assert consumer._coordinator.need_rejoin() is True
+    coordinator._join_task = None  # applied: the client's answer again
+    coordinator.answer = True
+    assert consumer._coordinator.need_rejoin() is True
+    assert coordinator.asked == 2
+
+
+def test_a_client_without_a_join_task_is_left_as_it_is(caplog: Any) -> None:
+    class Other:
+        def need_rejoin(self) -> bool:
+            return False
+
+    coordinator = Other()
+    consumer: Any = type("Consumer", (), {"_coordinator": coordinator})()
+    original = coordinator.need_rejoin
+    guard_join(consumer)
+    assert consumer._coordinator.need_rejoin == original
+    assert "membership watchdog" in caplog.text
 
 
 def test_a_join_that_never_ends_is_stuck_after_the_wait() -> None:

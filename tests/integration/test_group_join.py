@@ -1,0 +1,54 @@
+"""kafka-python's group join against the real broker, with the guard of
+:func:`worker.runtime.membership.guard_join`: a rejoin the client starts by itself (the topic
+gained partitions) while the caller polls with waits shorter than the join ends with the member
+holding every partition, not stranded mid-join."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kafka.admin import NewPartitions
+
+from worker.runtime import kafka as kafka_clients
+from worker.runtime.membership import member_state
+from worker.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _poll_until(consumer: object, want: int, timeout_ms: int, seconds: float) -> set[int]:
+    """Poll with ``timeout_ms`` waits until the consumer holds ``want`` partitions, stably."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        consumer.poll(timeout_ms=timeout_ms)  # type: ignore[attr-defined]
+        held = {tp.partition for tp in consumer.assignment()}  # type: ignore[attr-defined]
+        if len(held) == want and member_state(consumer) == "<stable>":
+            return held
+    return {tp.partition for tp in consumer.assignment()}  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(120)
+def test_a_rejoin_that_spans_short_polls_ends_with_every_partition(
+    isolated_settings: Settings,
+) -> None:
+    settings = isolated_settings
+    assert settings.bootstrap_servers
+    topic = settings.events_topic
+    # Metadata every 200 ms: the added partitions are seen, and the rejoin starts, within the
+    # test's polls (the default is 5 minutes).
+    consumer = kafka_clients.consumer(
+        settings.bootstrap_servers, settings, topics=[topic], metadata_max_age_ms=200
+    )
+    admin = kafka_clients.admin_client(settings.bootstrap_servers, settings)
+    try:
+        assert _poll_until(consumer, 3, 100, 30) == {0, 1, 2}
+        admin.create_partitions({topic: NewPartitions(total_count=6)})
+        # 1 ms polls: nearly every one returns while the join is on the wire, so one lands
+        # between the leader's assignment and the SyncGroup answer (where, unguarded, the
+        # client stopped waiting for the join and stayed <rebalancing> for good).
+        held = _poll_until(consumer, 6, 1, 60)
+        assert held == {0, 1, 2, 3, 4, 5}, (held, member_state(consumer))
+    finally:
+        admin.close()
+        consumer.close()
