@@ -159,8 +159,8 @@ class Settings:
     # glibc malloc keeps blocks up to 32 MiB on the heap, for reuse (worker/runtime/allocator.py)
     malloc_tune: bool = True
     # Compute in a child process, past the GIL of Kafka's threads, where a native crash or hang
-    # costs one event, not the worker (runtime/compute_process.py). Off by default: README.
-    compute_process: bool = False
+    # costs one event, not the worker (runtime/compute_process.py). False: in this process.
+    compute_process: bool = True
     # Reference events: URI prefixes the worker may read (comma separated in the environment).
     # Empty: every reference event is refused (reference_refused). See worker/references.py.
     reference_allow: tuple[str, ...] = ()

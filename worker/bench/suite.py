@@ -272,7 +272,8 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
                 ("worker2", 2, False, n_sat, events, {}),
                 ("naive", 1, True, n_naive, events, {}),
                 ("reference", 1, False, n_naive, refs, allow),
-                ("process", 1, False, n_sat, events, {"SCANSTREAM_COMPUTE_PROCESS": "true"}),
+                # The worker's default computes in a child process; this is the other way.
+                ("thread", 1, False, n_sat, events, {"SCANSTREAM_COMPUTE_PROCESS": "false"}),
             ):
                 args = (settings, bootstrap, tag, processes, naive, work[0], tmp, env, broker_pid)
                 with e2e.phase(*args) as ph:
@@ -301,7 +302,7 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
     _say(f"limits: {limit1['windows_img_s']}, {limit_n['windows_img_s']} img/s")
     e2e1, e2e2 = phases["worker1"]["img_s"], phases["worker2"]["img_s"]
     naive, reference = phases["naive"]["img_s"], phases["reference"]["img_s"]
-    in_child = phases["process"]["img_s"]
+    in_process = phases["thread"]["img_s"]
     half = next(row for row in latency if row["load"] == 0.5)
     return {
         "limit_img_s": limit1["img_s"],
@@ -311,10 +312,11 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
         "ratio_to_limit_reference": round(reference / limit1["img_s"], 3),
         "naive_img_s": naive,
         "ratio_to_naive": round(e2e1 / naive, 3),
-        # The same worker with SCANSTREAM_COMPUTE_PROCESS=true (compute in a child process).
-        "e2e_compute_process_img_s": in_child,
-        "ratio_to_limit_compute_process": round(in_child / limit1["img_s"], 3),
-        "ratio_to_naive_compute_process": round(in_child / naive, 3),
+        # The same worker with SCANSTREAM_COMPUTE_PROCESS=false (compute on a thread of its own
+        # process, beside Kafka's threads and under the same interpreter lock).
+        "e2e_thread_img_s": in_process,
+        "ratio_to_limit_thread": round(in_process / limit1["img_s"], 3),
+        "ratio_to_naive_thread": round(in_process / naive, 3),
         "p50_ms_at_50pct": half.get("p50_ms"),
         "p95_ms_at_50pct": half.get("p95_ms"),
         "p99_ms_at_50pct": half.get("p99_ms"),

@@ -3,9 +3,10 @@
 In one process, the compute thread (pydicom, numpy glue, the feature loops' Python) and
 kafka-python's threads (socket reads, record parsing, produce, commit) take turns on one
 interpreter lock: at saturation each waits for the other, and a two-core machine runs at about
-one core's speed. With ``SCANSTREAM_COMPUTE_PROCESS=true`` the worker's compute thread hands each
-chunk to :class:`ProcessPipeline`, which runs the very same :class:`~worker.pipeline.Pipeline` in
-one child process (``spawn``: no fork of a process that has threads) and waits for its
+one core's speed. So by default (``SCANSTREAM_COMPUTE_PROCESS=true``; false keeps the compute in
+the worker's own process) the worker's compute thread hands each chunk to
+:class:`ProcessPipeline`, which runs the very same :class:`~worker.pipeline.Pipeline` in one child
+process (``spawn``: no fork of a process that has threads) and waits for its
 outcomes with the GIL released. The loop, its flow control and its delivery do not change:
 they see a pipeline whose ``process`` returns the same outcomes.
 

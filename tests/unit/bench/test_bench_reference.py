@@ -69,7 +69,7 @@ def test_worker_process_passes_extra_env(monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_bench_e2e_runs_a_reference_phase_and_reports_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """bench_e2e with the broker, the worker and every measurement faked."""
     calls: dict[str, dict[str, Any]] = {}
-    rates = {"worker1": 90.0, "worker2": 150.0, "naive": 40.0, "reference": 81.23, "process": 120.0}
+    rates = {"worker1": 90.0, "worker2": 150.0, "naive": 40.0, "reference": 81.23, "thread": 120.0}
 
     @contextmanager
     def fake_kafka(settings: Settings, tmp: Path) -> Iterator[tuple[str, str, int | None]]:
@@ -115,18 +115,15 @@ def test_bench_e2e_runs_a_reference_phase_and_reports_it(monkeypatch: pytest.Mon
     assert ref["warm"].content_type == JSON_TYPE  # the warm-up reads a file too
     # Every phase is told the local broker's pid, for the CPU table.
     assert {c["broker_pid"] for c in calls.values()} == {4242}
-    assert calls["process"]["env"] == {"SCANSTREAM_COMPUTE_PROCESS": "true"}
-    assert calls["process"]["n"] == calls["worker1"]["n"]
-    assert result["e2e_compute_process_img_s"] == 120.0
-    assert (result["ratio_to_limit_compute_process"], result["ratio_to_naive_compute_process"]) == (
-        1.2,
-        3.0,
-    )
+    assert calls["thread"]["env"] == {"SCANSTREAM_COMPUTE_PROCESS": "false"}
+    assert calls["thread"]["n"] == calls["worker1"]["n"]
+    assert result["e2e_thread_img_s"] == 120.0
+    assert (result["ratio_to_limit_thread"], result["ratio_to_naive_thread"]) == (1.2, 3.0)
     for tag in ("worker1", "worker2", "naive"):
         assert not calls[tag]["env"]
         assert {e.content_type for e in calls[tag]["events"]} == {DICOM_TYPE}
     md = render_markdown(result)
     row = "| worker end to end, 1 process, reference events (file://) | 81.2 | 0.812 of limit |"
     assert row in md
-    child = "compute in a child (SCANSTREAM_COMPUTE_PROCESS) | 120.0 | 1.2 of limit; 3x naive |"
-    assert child in md
+    thread = "on a thread (SCANSTREAM_COMPUTE_PROCESS=false) | 120.0 | 1.2 of limit; 3x naive |"
+    assert thread in md
