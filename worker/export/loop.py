@@ -118,8 +118,7 @@ class Exporter:
         self._subscribe()
 
     def _subscribe(self) -> None:
-        self.consumer.partitions_for_topic(self.topic)
-        self.consumer.subscribe([self.topic], listener=Rebalance(self.flow, self.metrics))
+        kafka_clients.subscribe(self.consumer, [self.topic], Rebalance(self.flow, self.metrics))
 
     def stop(self, *_: object) -> None:
         self._stop.set()

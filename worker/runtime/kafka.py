@@ -314,13 +314,36 @@ def consumer(
     kwargs.update(extra)
     c = guard_join(KafkaConsumer(**kwargs))
     topics = list(topics)
-    for topic in topics:
-        # Metadata before joining, as the worker does (runtime/loop.py): a group leader without
-        # it assigns nothing and the member waits, unassigned, until some later rejoin.
-        c.partitions_for_topic(topic)
     if topics:
-        c.subscribe(topics)
+        subscribe(c, topics)
     return c
+
+
+def subscribe(consumer: KafkaConsumer, topics: Iterable[str], listener: Any = None) -> None:
+    """Subscribe ``consumer`` to ``topics`` with their metadata known before it joins its group.
+
+    Before subscribing: a group leader without the topics' partitions assigns nothing, and the
+    member waits unassigned until some later rejoin. After subscribing, one more metadata
+    round trip: kafka-python's coordinator notes the subscribed topics' partitions only when
+    metadata arrives with the subscription in place, and a leader that joined before that
+    (every first member did, measured in the fault tests' debug logs) rejoined at once when it
+    arrived: two rebalances for each worker that starts, the second one the group's members
+    all take part in.
+
+    >>> from unittest import mock
+    >>> c = mock.Mock()
+    >>> subscribe(c, ["scans.events"])
+    >>> [call[0] for call in c.method_calls]
+    ['partitions_for_topic', 'subscribe', 'topics']
+    """
+    topics = list(topics)
+    for topic in topics:
+        consumer.partitions_for_topic(topic)
+    if listener is None:
+        consumer.subscribe(topics)
+    else:
+        consumer.subscribe(topics, listener=listener)
+    consumer.topics()  # a blocking metadata update, which the coordinator sees subscribed
 
 
 def group_caught_up(consumer: Any, topic: str) -> bool:

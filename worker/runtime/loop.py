@@ -156,11 +156,8 @@ class Worker:
             raise
 
     def _subscribe(self) -> None:
-        # Fetch the topic's metadata before joining: a group leader without it assigns nothing
-        # (kafka-python logs "No partition metadata") and the group limps until a rejoin.
-        self.consumer.partitions_for_topic(self.settings.events_topic)
-        self.consumer.subscribe(
-            [self.settings.events_topic], listener=Rebalance(self.flow, self.metrics)
+        kafka_clients.subscribe(
+            self.consumer, [self.settings.events_topic], Rebalance(self.flow, self.metrics)
         )
 
     def _replace_stuck_consumer(self) -> None:

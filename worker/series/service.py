@@ -141,9 +141,7 @@ class Summarizer:
         self._subscribe()
 
     def _subscribe(self) -> None:
-        for topic in self.topics:  # metadata first, as the worker does before joining
-            self.consumer.partitions_for_topic(topic)
-        self.consumer.subscribe(list(self.topics), listener=Rebalance(self.flow, self.metrics))
+        kafka_clients.subscribe(self.consumer, self.topics, Rebalance(self.flow, self.metrics))
 
     def stop(self, *_: object) -> None:
         self._stop.set()

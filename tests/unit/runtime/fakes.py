@@ -189,6 +189,9 @@ class FakeConsumer:
     def partitions_for_topic(self, topic: str) -> set[int]:
         return {0}
 
+    def topics(self) -> set[str]:
+        return {self.tp.topic}
+
     def committed(self, tp: TopicPartition, timeout_ms: int | None = None) -> int | None:
         meta = self.committed_offsets.get(tp)
         return None if meta is None else meta.offset

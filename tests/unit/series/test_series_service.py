@@ -45,7 +45,10 @@ class ScriptedConsumer:
         return {0}
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
-        self.topics = topics
+        self.subscribed = topics
+
+    def topics(self) -> set[str]:
+        return set(self.subscribed)
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]:
         if self._paused:
@@ -104,7 +107,7 @@ def run(
     summarizer.delivery.backoff_s = (0.01, 0.02)
     consumer.stop = summarizer.stop
     summarizer.run()
-    assert consumer.topics == [SETTINGS.findings_topic, SETTINGS.studies_topic]
+    assert consumer.subscribed == [SETTINGS.findings_topic, SETTINGS.studies_topic]
     return consumer, producer, log, summarizer
 
 
