@@ -23,6 +23,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from worker import broker
 from worker.phantoms import ct_slice, encode_ct
+from worker.runtime import handoff
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.publisher import publish_bytes
 from worker.settings import Settings
@@ -189,6 +190,9 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
     assert second.wait(timeout=180) == 0
     counts = tally(isolated_settings, sent)
     assert counts["missing"] == 0 and counts["dead_letters"] == 0
+    # The chunks the killed worker's child had not read yet are gone from /dev/shm: the next
+    # worker's start removed them (worker/runtime/handoff.py, sweep).
+    assert not list(handoff.SHARED_MEMORY.glob(f"{handoff.PREFIX}{first.pid}-*"))
 
 
 def test_broker_restart_mid_stream_recovers_without_help(tmp_path: Path, logs: Path) -> None:

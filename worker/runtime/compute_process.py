@@ -171,6 +171,7 @@ class ProcessPipeline:
         target: Target = run_pipeline,
     ) -> None:
         self.settings, self.imaging, self._target = settings, imaging, target
+        handoff.sweep()  # what a worker killed before this one left in /dev/shm
         self._pool = self._new_pool()
         self._state = threading.Condition()
         self._running = 0  # chunks in the child now

@@ -9,8 +9,10 @@ releases the lock, and the pipe carries only the events' ids, times and sizes; t
 the file, removes its name at once and reads each event's bytes from it.
 
 Nothing is left behind: the child removes the file as soon as it has read it, and the worker
-removes it again once the chunk is answered (or its child died or hung). Only a worker and its
-child killed together between the write and the read leave a file (at most two chunks). Where
+removes it again once the chunk is answered (or its child died or hung). A worker killed
+outright (SIGKILL, the OOM killer) leaves the files of the chunks its child had not read yet (at
+most two: the child, orphaned, exits without reading them); the next worker to start removes
+them (:func:`sweep`), before they could fill a container's ``/dev/shm`` crash after crash. Where
 ``/dev/shm`` is missing or full (a container's is 64 MiB unless the pod mounts more), the bytes
 go through the pipe as before, and one INFO line says so.
 
@@ -30,6 +32,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +58,8 @@ class Parcel:
 
 
 _warned = False
+# When this process started, near enough: before it wrote any parcel (sweep).
+_STARTED: Final = time.time() - 1.0
 
 
 def pack(
@@ -113,6 +118,60 @@ def unpack(events: Sequence[ScanEvent], parcel: Parcel) -> list[ScanEvent]:
                 raise OSError(f"{parcel.path} ended before event {event.event_id}'s bytes")
             restored.append(event if data is None else dataclasses.replace(event, data=data))
     return restored
+
+
+def sweep(directory: Path = SHARED_MEMORY) -> int:
+    """Remove the parcels that dead workers left behind; how many were removed.
+
+    A parcel's name holds the pid of the worker that wrote it. Removed: those of a pid that is
+    not running, and those of this process's own pid written before this process started (a
+    worker restarted in a container usually gets its predecessor's pid again, often 1). Kept:
+    those of any other running process, e.g. another worker on the same machine, and this
+    process's own. (Two containers that share one ``/dev/shm`` but not their pids could take
+    each other's parcels for dead ones: give each its own.)
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> for name in ("old", "new"):  # this process's: a predecessor's, and its own
+    ...     _ = (d / f"{PREFIX}{os.getpid()}-{name}").write_bytes(b"x")
+    >>> os.utime(d / f"{PREFIX}{os.getpid()}-old", (0, 0))
+    >>> _ = (d / f"{PREFIX}{2**22 + 1}-0").write_bytes(b"x")  # a pid beyond pid_max: dead
+    >>> sweep(d), [p.name.rsplit("-", 1)[1] for p in d.iterdir()]
+    (2, ['new'])
+    """
+    removed = 0
+    try:
+        names = [p for p in directory.iterdir() if p.name.startswith(PREFIX)]
+    except OSError:  # no /dev/shm: nothing was ever written there
+        return 0
+    for path in names:
+        pid_text = path.name[len(PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            if pid == os.getpid():
+                if path.stat().st_mtime >= _STARTED:
+                    continue  # this process's own, in flight
+            elif _running(pid):
+                continue
+            path.unlink()
+            removed += 1
+    if removed:
+        log.info("removed %d chunk files that stopped workers left in %s", removed, directory)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: running
+        return True
+    except OverflowError:
+        return False
+    return True
 
 
 def discard(parcel: Parcel) -> None:

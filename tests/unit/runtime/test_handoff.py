@@ -96,3 +96,24 @@ def test_the_compute_process_gets_chunks_through_shared_memory_and_leaves_none(
         assert [o.reason for o in outcomes] == [None, "internal_error"]
         assert child.process([ScanEvent("h", 0.0, data=HANG)])[0].reason == "timeout"
     assert _left() == []
+
+
+def test_a_start_sweeps_parcels_of_dead_workers_and_keeps_those_of_live_ones(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        for pid in (live.pid, dead.pid):
+            (tmp_path / f"{handoff.PREFIX}{pid}-{'a' * 32}").write_bytes(b"DICM")
+        (tmp_path / "other-file").write_bytes(b"not ours")
+        assert handoff.sweep(tmp_path) == 1
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == ["other-file", f"{handoff.PREFIX}{live.pid}-{'a' * 32}"]
+    finally:
+        live.kill()
+        live.wait()
