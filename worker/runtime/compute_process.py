@@ -113,7 +113,8 @@ def _model_infos() -> list[dict[str, str]]:
 def run_pipeline(events: Sequence[ScanEvent], sources: Sources) -> tuple[list[Outcome], float]:
     """The child's work: the pipeline's outcomes, without the events' bytes (the parent has
     them already; sending them back would double what crosses the pipe)."""
-    assert _pipeline is not None, "the compute process was not started"
+    if _pipeline is None:  # a replacement child that could not load the models
+        raise _start_error or ModelError("the compute process has no pipeline")
     t0 = time.perf_counter()
     outcomes = _pipeline.process(events, sources)
     seconds = time.perf_counter() - t0
@@ -257,10 +258,11 @@ class ProcessPipeline:
         with self._state:
             self._state.wait_for(lambda: not self._solo)
             self._solo = True  # no new chunk enters the child until this recovery is done
-            self._state.wait_for(lambda: self._running == 0)
-            if self._generation == generation:  # not yet replaced by another recovery
-                self._restart(f"while computing {len(events)} events")
         try:
+            with self._state:
+                self._state.wait_for(lambda: self._running == 0)
+                if self._generation == generation:  # not yet replaced by another recovery
+                    self._restart(f"while computing {len(events)} events")
             if hung_s is not None and len(events) == 1:
                 detail = f"the compute process did not answer in {hung_s:.0f} s"
                 return [Outcome(events[0], rejection=Rejection("timeout", detail))]
@@ -305,12 +307,23 @@ class ProcessPipeline:
             process.kill()
 
     def _restart(self, when: str) -> None:
+        """Replace a dead child. One that cannot load the models (they were removed or changed
+        under the running worker, a GPU required is gone) is a :class:`ModelError`: the worker
+        stops with it, as it would fail its start, instead of dead-lettering every event after
+        (its chunks in flight are not committed: the next worker computes them)."""
         log.error("the compute process died %s: starting a new one", when)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool = self._new_pool()
         self._generation += 1
         # Started before anything is timed in it: its start-up is not a chunk's compute.
-        self._pool.submit(int).result()
+        try:
+            self._pool.submit(_started).result()
+        except ScanStreamError as exc:
+            raise ModelError(f"the compute process could not be started again: {exc}") from exc
+        except BrokenProcessPool as exc:
+            raise ModelError(
+                "the compute process could not be started again: its log lines above say why"
+            ) from exc
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

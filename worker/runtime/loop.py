@@ -34,7 +34,7 @@ from typing import Any
 from kafka import TopicPartition
 
 from worker.contract import ScanEvent
-from worker.errors import Rejection
+from worker.errors import ModelError, Rejection
 from worker.imaging import ImagingConfig
 from worker.inference import ModelSet
 from worker.metrics import Health, Metrics
@@ -363,6 +363,10 @@ class Worker:
                 else dead_letter_result(r, p, self.settings)
                 for r, p in zip(records, parsed, strict=True)
             ]
+        except ModelError:
+            # The models cannot run any more (a compute process that could not be started
+            # again): stop, as a start would fail, rather than dead-letter every event after.
+            raise
         except Exception as exc:  # a bug of ours: every record still gets its one result
             log.exception("internal error computing a batch of %d records", len(records))
             failed = Rejection("internal_error", repr(exc))

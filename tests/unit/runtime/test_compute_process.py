@@ -188,3 +188,24 @@ def test_a_record_that_hangs_the_child_is_killed_and_becomes_a_timeout() -> None
         [alone] = child.process([stuck])
         assert alone.reason == "timeout" and child._generation == children + 1
         assert [o.reason for o in child.process([good])] == [None]
+
+
+@pytest.mark.internal_error_expected  # the child is killed on purpose
+def test_a_child_that_cannot_be_started_again_stops_the_worker_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    """The models went away under the running worker, then a record killed its child: the
+    replacement cannot load them. That is the worker's misconfiguration, not the events':
+    a ModelError that stops it (its uncommitted chunk replays), not a dead letter for every
+    event after."""
+    import shutil
+
+    from worker.inference import cards
+
+    models = tmp_path / "models"
+    shutil.copytree(cards.default_models_dir(), models)
+    with ProcessPipeline(Settings(models_dir=str(models)), target=die_on_cue) as pipeline:
+        assert pipeline.process(_events()[:1])[0].rejection is None
+        shutil.rmtree(models)
+        with pytest.raises(ModelError, match="models directory does not exist"):
+            pipeline.process([ScanEvent("deadly", 0.0, data=DIE)])

@@ -207,6 +207,26 @@ def test_internal_errors_become_dead_letters(
     assert consumer.committed_offsets[consumer.tp].offset == 1
 
 
+def test_models_that_cannot_run_any_more_stop_the_worker_without_a_dead_letter(
+    models: ModelSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ModelError while computing (a compute process that could not be started again)
+    stops the worker: nothing is sent for the chunk, nothing committed; the next worker
+    computes it."""
+    from worker.errors import ModelError
+
+    worker, consumer, producer, _ = make_worker(models, [[record(0, encode_ct(ct_slice(3, 64)))]])
+
+    def gone(*args: Any, **kwargs: Any) -> Any:
+        raise ModelError("/models: models directory does not exist")
+
+    monkeypatch.setattr(worker.pipeline, "process", gone)
+    with pytest.raises(ModelError, match="models directory does not exist"):
+        worker.run(drain=True)
+    assert producer.sent == []
+    assert consumer.tp not in consumer.committed_offsets
+
+
 def test_a_slow_batch_pauses_partitions_and_keeps_polling(
     models: ModelSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
