@@ -51,6 +51,7 @@ from typing import Any, Protocol
 from kafka import KafkaConsumer, TopicPartition
 
 from worker.bench.cpu import CpuMeter, own_cpu_s, tree_cpu_s
+from worker.bench.diagnose import diagnose
 from worker.bench.report import latency_summary
 from worker.bench.scrape import stage_means
 from worker.broker import free_port
@@ -373,8 +374,12 @@ def phase(
     try:
         worker = WorkerProcess(settings, processes, naive, log_dir / f"{tag}.log", extra_env)
         ph = Phase(pub, reader, worker, broker_pid)
-        warm_up(ph, warm_event, timeout_s=180.0)
-        yield ph
+        try:
+            warm_up(ph, warm_event, timeout_s=180.0)
+            yield ph
+        except BenchError as exc:  # what the broker and the worker say, beside its log
+            port = getattr(worker, "metrics_port", 0)
+            raise BenchError(f"{exc}; {diagnose(bootstrap, settings, port)}") from exc
         worker.check()  # a worker that died mid-phase makes the phase's figures meaningless
     finally:
         if worker is not None:
