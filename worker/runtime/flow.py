@@ -19,6 +19,7 @@ records the poll returned.
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import Future, wait
 from typing import Any, Protocol
@@ -26,6 +27,8 @@ from typing import Any, Protocol
 from kafka import ConsumerRebalanceListener, TopicPartition
 
 from worker.metrics import Health
+
+log = logging.getLogger(__name__)
 
 
 class FlowControl:
@@ -72,6 +75,11 @@ class FlowControl:
         """Return when ``work`` is done, polling paused while it takes longer than patience."""
         if wait([work], timeout=self.patience_s).done:
             return
+        # Said once per slow chunk: a worker that answers nothing for a while shows why here.
+        log.info(
+            "a chunk is still computing after %.1f s: partitions paused until it ends",
+            self.patience_s,
+        )
         self._pause()
         try:
             while not work.done():

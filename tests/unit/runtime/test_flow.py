@@ -33,3 +33,40 @@ def test_a_new_poll_forgets_every_earlier_revocation() -> None:
     assert flow.revoked == set()
     flow.note_revoked(B)
     assert flow.revoked == {B}
+
+
+def test_a_chunk_that_outlasts_patience_pauses_polls_and_says_so(caplog: object) -> None:
+    import logging
+    import threading
+    from concurrent.futures import Future
+    from typing import Any
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.paused_now: set[Any] = set()
+            self.polls = 0
+
+        def assignment(self) -> set[Any]:
+            return {A, B}
+
+        def pause(self, *tps: Any) -> None:
+            self.paused_now |= set(tps)
+
+        def paused(self) -> set[Any]:
+            return set(self.paused_now)
+
+        def resume(self, *tps: Any) -> None:
+            self.paused_now -= set(tps)
+
+        def poll(self, timeout_ms: int = 0) -> dict[Any, Any]:
+            self.polls += 1
+            return {}
+
+    consumer = Consumer()
+    flow = FlowControl(consumer=consumer, health=Health(), max_poll_interval_ms=400)  # 0.1 s
+    work: Future[int] = Future()
+    threading.Timer(0.4, lambda: work.set_result(1)).start()
+    with caplog.at_level(logging.INFO, logger="worker.runtime.flow"):  # type: ignore[attr-defined]
+        flow.wait(work)
+    assert consumer.polls > 0 and consumer.paused_now == set()  # paused meanwhile, resumed
+    assert "still computing after 0.1 s: partitions paused" in caplog.text  # type: ignore[attr-defined]
