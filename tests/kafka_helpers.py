@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 from kafka import KafkaConsumer, TopicPartition
 
 from worker.runtime.loop import Worker
+from worker.runtime.membership import member_state
 from worker.runtime.security import client_security
 from worker.runtime.service import start_worker
 from worker.settings import Settings
@@ -115,3 +116,15 @@ def collect(
         settle_s,
     )
     return Collected(out[found], out[alerts], out[dlq])
+
+
+def poll_until_assigned(consumer: Any, want: int, timeout_ms: int, seconds: float) -> set[int]:
+    """Poll with ``timeout_ms`` waits until ``consumer`` holds ``want`` partitions and its
+    membership is stable (or ``seconds`` pass); the partitions it holds then."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        consumer.poll(timeout_ms=timeout_ms)
+        held = {tp.partition for tp in consumer.assignment()}
+        if len(held) == want and member_state(consumer) == "<stable>":
+            return held
+    return {tp.partition for tp in consumer.assignment()}

@@ -3,9 +3,8 @@ describes it, and a worker's /healthz that does not answer."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
+from kafka_helpers import poll_until_assigned
 
 from worker.bench.diagnose import diagnose
 from worker.broker import free_port
@@ -25,9 +24,7 @@ def test_a_diagnosis_names_the_group_state_and_who_holds_what(
     assert diagnose(bootstrap, settings).startswith(f"group {settings.group_id} Dead, 0 member")
     consumer = kafka_clients.consumer(bootstrap, settings, topics=[settings.events_topic])
     try:
-        deadline = time.monotonic() + 30
-        while not consumer.assignment() and time.monotonic() < deadline:
-            consumer.poll(timeout_ms=100)
+        assert poll_until_assigned(consumer, 3, 100, 30) == {0, 1, 2}
         said = diagnose(bootstrap, settings, metrics_port=free_port())
         assert f"group {settings.group_id} Stable, 1 member(s): {settings.worker_id} holds" in said
         assert f"{settings.events_topic}[0, 1, 2]" in said

@@ -9,23 +9,13 @@ import time
 
 import pytest
 from kafka.admin import NewPartitions
+from kafka_helpers import poll_until_assigned
 
 from worker.runtime import kafka as kafka_clients
 from worker.runtime.membership import member_state
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-def _poll_until(consumer: object, want: int, timeout_ms: int, seconds: float) -> set[int]:
-    """Poll with ``timeout_ms`` waits until the consumer holds ``want`` partitions, stably."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        consumer.poll(timeout_ms=timeout_ms)  # type: ignore[attr-defined]
-        held = {tp.partition for tp in consumer.assignment()}  # type: ignore[attr-defined]
-        if len(held) == want and member_state(consumer) == "<stable>":
-            return held
-    return {tp.partition for tp in consumer.assignment()}  # type: ignore[attr-defined]
 
 
 @pytest.mark.timeout(120)
@@ -42,12 +32,12 @@ def test_a_rejoin_that_spans_short_polls_ends_with_every_partition(
     )
     admin = kafka_clients.admin_client(settings.bootstrap_servers, settings)
     try:
-        assert _poll_until(consumer, 3, 100, 30) == {0, 1, 2}
+        assert poll_until_assigned(consumer, 3, 100, 30) == {0, 1, 2}
         admin.create_partitions({topic: NewPartitions(total_count=6)})
         # 1 ms polls: nearly every one returns while the join is on the wire, so one lands
         # between the leader's assignment and the SyncGroup answer (where, unguarded, the
         # client stopped waiting for the join and stayed <rebalancing> for good).
-        held = _poll_until(consumer, 6, 1, 60)
+        held = poll_until_assigned(consumer, 6, 1, 60)
         assert held == {0, 1, 2, 3, 4, 5}, (held, member_state(consumer))
     finally:
         admin.close()
@@ -66,7 +56,7 @@ def test_a_first_member_joins_its_group_once(isolated_settings: Settings) -> Non
         settings.bootstrap_servers, settings, topics=[settings.events_topic]
     )
     try:
-        assert _poll_until(consumer, 3, 100, 30) == {0, 1, 2}
+        assert poll_until_assigned(consumer, 3, 100, 30) == {0, 1, 2}
         deadline = time.monotonic() + 3.0  # a rejoin came within 0.2 s of the first join
         while time.monotonic() < deadline:
             consumer.poll(timeout_ms=100)

@@ -339,10 +339,7 @@ def subscribe(consumer: KafkaConsumer, topics: Iterable[str], listener: Any = No
     topics = list(topics)
     for topic in topics:
         consumer.partitions_for_topic(topic)
-    if listener is None:
-        consumer.subscribe(topics)
-    else:
-        consumer.subscribe(topics, listener=listener)
+    consumer.subscribe(topics, listener=listener)
     consumer.topics()  # a blocking metadata update, which the coordinator sees subscribed
 
 

@@ -220,8 +220,9 @@ class Worker:
         committed offset, so the poll could repeat that chunk's records: the poll is then
         undone (its partitions sought back to its first records) and the chunk finished, which
         positions partitions given back to us after it. (A poll with no wait would have made
-        the overlap tighter, but kafka-python 3.0 was seen to lose its group for good when a
-        rebalance began inside ``poll(timeout_ms=0)``.)"""
+        the overlap tighter. kafka-python 3.0 was seen to lose its group for good when a
+        rebalance began inside ``poll(timeout_ms=0)``: the stranded join that
+        :func:`~worker.runtime.membership.guard_join` now closes.)"""
         if self.delivery.transactional:
             self._finish_held()
         if self._held is None:
@@ -244,9 +245,9 @@ class Worker:
         chunks submitted at once; None when it brings nothing, or when partitions were revoked
         since this poll (``mark``): its records are then sought back and polled again after
         this poll's last chunk is delivered, as :meth:`_poll` would."""
-        # The loop's own poll, timeout included: with a backlog, records are there already, and
-        # kafka-python was seen to lose its group when a rebalance began inside a short poll
-        # (see _poll). So a backlog that ends just then holds its last chunk back by up to
+        # The loop's own poll, timeout included: with a backlog, records are there already.
+        # (The short poll this once took lost the group: the stranded join of _poll's
+        # docstring.) So a backlog that ends just then holds its last chunk back by up to
         # poll_timeout_ms.
         batch = self.consumer.poll(
             timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records
