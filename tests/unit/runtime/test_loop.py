@@ -381,3 +381,27 @@ def test_drain_goes_on_when_the_committed_offsets_do_not_come_in_time(models: Mo
     stats = worker.run(drain=True)
     assert stats.consumed == 1 and len(asked) >= 2
     assert all(t is not None and t > 0 for t in asked)
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_the_findings_producer_does_not_linger(
+    monkeypatch: pytest.MonkeyPatch, delivery: str
+) -> None:
+    """A chunk's findings go out as soon as it is computed: the worker's producer asks for no
+    linger, whatever the factory's default (README, Benchmarks: the produce stage 0.3 ms
+    instead of 1.5 at half load)."""
+    from worker.runtime import kafka as kafka_clients
+
+    seen: dict[str, Any] = {}
+
+    class _Stop(Exception):
+        pass
+
+    def producer(bootstrap: str, settings: Settings, **extra: Any) -> Any:
+        seen.update(extra)
+        raise _Stop
+
+    monkeypatch.setattr(kafka_clients, "producer", producer)
+    with pytest.raises(_Stop):
+        Worker(Settings(delivery=delivery), "127.0.0.1:9", None, None, None, pipeline=object())  # type: ignore[arg-type]
+    assert seen["linger_ms"] == 0
