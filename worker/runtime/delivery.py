@@ -13,8 +13,13 @@ acknowledged them all (``acks=all``, idempotent producer). Failures are sorted p
 
 Commits are asynchronous: the results are already safe, so a lost commit costs at most a replay
 and the next commit covers it; :meth:`Delivery.commit_pending` makes them durable on drain and
-shutdown. Exactly-once: results and offsets go in one transaction; any failure aborts it, and
-the whole batch is sent again in a new one (refused records replaced by dead letters first).
+shutdown. They are also spaced: at most one every ``commit_interval_ms`` (settings), the offsets
+of the chunks between held back (:meth:`Delivery.commit_deferred` commits them, as the loop does
+when a poll brings nothing). A partition revoked and given back to this member resumes after
+them (:meth:`Delivery.deferred_position`); one that goes to another member is replayed there
+from its last commit. Exactly-once: results and offsets go in one transaction; any failure
+aborts it, and the whole batch is sent again in a new one (refused records replaced by dead
+letters first).
 
 Results of partitions revoked while they waited are dropped: their next owner replays them. A
 partition revoked and assigned back to this member (kafka-python's eager rebalance revokes all)
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -98,12 +104,22 @@ class Delivery:
         settings: Settings,
         flow: FlowControl,
         observer: Observer,
+        commit_interval_s: float | None = None,
     ) -> None:
+        """``commit_interval_s``: the least time between two commits (None: the settings'
+        ``commit_interval_ms``; 0: a commit for every delivery)."""
         self.producer, self.consumer, self.settings = producer, consumer, settings
+        self.commit_interval_s = (
+            settings.commit_interval_ms / 1e3 if commit_interval_s is None else commit_interval_s
+        )
         self.flow, self.observer = flow, observer
         self.transactional = settings.delivery == "exactly-once"
         # Offsets committed asynchronously and not yet confirmed by a synchronous commit.
         self._uncertain: dict[TopicPartition, OffsetAndMetadata] = {}
+        # Offsets of acknowledged results whose commit waits for the commit interval. Replaced,
+        # never cleared in place: the rebalance listener reads it from kafka-python's thread.
+        self._deferred: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._last_commit = -math.inf  # the first delivery is committed at once
         self._backoff = 0.0
         self.backoff_s = (0.2, 5.0)  # first and largest pause between attempts (tests shrink it)
 
@@ -319,12 +335,37 @@ class Delivery:
         self.flow.idle(random.uniform(0.5, 1.0) * self._backoff)  # jitter, and stay in the group
 
     def _commit_async(self, results: list[EventResult]) -> None:
-        offsets = _offsets(results)
+        deferred = dict(self._deferred)
+        for tp, om in _offsets(results).items():
+            if tp not in deferred or deferred[tp].offset < om.offset:
+                deferred[tp] = om
+        self._deferred = deferred
+        if time.monotonic() - self._last_commit >= self.commit_interval_s:
+            self.commit_deferred()
+
+    def commit_deferred(self) -> None:
+        """Commit, asynchronously, the offsets the commit interval held back (those of
+        partitions still ours: the others are replayed by their new owner)."""
+        if not self._deferred:
+            return
+        owned = self.consumer.assignment()
+        offsets = {tp: om for tp, om in self._deferred.items() if tp in owned}
+        self._deferred = {}
+        self._last_commit = time.monotonic()
+        if not offsets:
+            return
         try:
             self.consumer.commit_async(offsets, callback=self._on_commit)
         except Exception as exc:  # noqa: BLE001 - the worst outcome is a replay
             self._on_commit(offsets, exc)
         self._uncertain.update(offsets)
+
+    def deferred_position(self, tp: TopicPartition) -> int | None:
+        """Where ``tp`` resumes when it is given back to this member: after its results whose
+        commit the interval held back (None: nothing held back). kafka-python would restart
+        it from its committed offset, and compute and send those results again."""
+        held_back = self._deferred.get(tp)
+        return None if held_back is None else held_back.offset
 
     def _on_commit(self, offsets: Any, response: Any) -> None:
         if isinstance(response, Exception):  # the next commit covers it, or a replay does
@@ -332,7 +373,13 @@ class Delivery:
             self.observer.replay("commit", response)
 
     def commit_pending(self) -> None:
-        """Commit synchronously every offset committed asynchronously since the last call."""
+        """Commit synchronously every offset committed asynchronously since the last call, and
+        those the commit interval held back."""
+        owned = self.consumer.assignment()
+        for tp, om in self._deferred.items():
+            if tp in owned:
+                self._uncertain[tp] = om  # newer than any commit of the partition before
+        self._deferred = {}
         if not self._uncertain:
             return
         owned = self.consumer.assignment()

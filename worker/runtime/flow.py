@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, wait
 from typing import Any, Protocol
 
@@ -126,8 +127,15 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     may block (no commit): a batch whose partitions go is not committed, and their next owner
     replays it (at-least-once; in exactly-once mode its transaction is aborted)."""
 
-    def __init__(self, flow: FlowControl, metrics: LagGauges) -> None:
-        self.flow, self.metrics = flow, metrics
+    def __init__(
+        self,
+        flow: FlowControl,
+        metrics: LagGauges,
+        resume_at: Callable[[TopicPartition], int | None] | None = None,
+    ) -> None:
+        """``resume_at``: where a partition assigned (back) to this member must resume, when
+        its committed offset is behind what this member already delivered (None: there)."""
+        self.flow, self.metrics, self.resume_at = flow, metrics, resume_at
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         self.flow.health.set_ready(False)
@@ -138,4 +146,11 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_assigned(self, assigned: Any) -> None:
         if self.flow.paused and assigned:
             self.flow.consumer.pause(*assigned)  # still busy: take nothing new yet
+        resume_at = self.resume_at
+        if resume_at is None:
+            return
+        for tp in assigned:
+            offset = resume_at(tp)
+            if offset is not None:  # else kafka-python starts from the committed offset
+                self.flow.consumer.seek(tp, offset)
         self.flow.health.set_ready(bool(assigned))

@@ -159,9 +159,8 @@ class Worker:
             raise
 
     def _subscribe(self) -> None:
-        kafka_clients.subscribe(
-            self.consumer, [self.settings.events_topic], Rebalance(self.flow, self.metrics)
-        )
+        listener = Rebalance(self.flow, self.metrics, self.delivery.deferred_position)
+        kafka_clients.subscribe(self.consumer, [self.settings.events_topic], listener)
 
     def _replace_stuck_consumer(self) -> None:
         """The consumer is stuck outside its group: close it (it leaves) and join afresh."""
@@ -199,6 +198,7 @@ class Worker:
                         self._watchdog.reset()
                 else:
                     self._finish_held()  # nothing new came: what waits goes out now
+                    self.delivery.commit_deferred()  # and is committed (commit_interval_ms)
                     if self._watchdog is not None and self._watchdog.stuck(self.consumer):
                         self._replace_stuck_consumer()
                     elif drain and self._caught_up():

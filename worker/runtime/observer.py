@@ -1,7 +1,9 @@
 """Metrics, logs and run statistics, recorded in one place, once per committed result.
 
-Nothing is counted before its offsets are committed, so a replayed batch is never counted
-twice, and nothing else in the runtime touches the metrics for results: the delivery reports
+Nothing is counted before its results are acknowledged and its offsets handed to the commit
+(which the commit interval may hold back a little: :mod:`worker.runtime.delivery`), so a batch
+replayed by this worker is never counted twice, and nothing else in the runtime touches the
+metrics for results: the delivery reports
 produce and commit times and replays here, the loop reports polls and lag.
 """
 

@@ -133,7 +133,11 @@ class Summarizer:
         self.metrics = Metrics()  # the delivery's and rebalance's; not served
         self.flow = FlowControl(self.consumer, self.health, settings.max_poll_interval_ms)
         observer = Observer(self.metrics, self.health)
-        self.delivery = Delivery(self.producer, self.consumer, self.settings, self.flow, observer)
+        # A commit for every delivery: the service commits only up to what it has summarised,
+        # at the pace of its summaries, and positions nothing after a rebalance by itself.
+        self.delivery = Delivery(
+            self.producer, self.consumer, self.settings, self.flow, observer, commit_interval_s=0
+        )
         self._consumed: dict[TopicPartition, int] = {}  # next offset after what was applied
         self._committed: dict[TopicPartition, int] = {}
         self.produced = 0

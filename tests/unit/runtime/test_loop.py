@@ -96,7 +96,7 @@ def test_a_poll_is_delivered_chunk_by_chunk(
     # produced, acknowledged and committed before the poll's last one is done. 0: one chunk.
     good = [encode_ct(ct_slice(seed, 64)) for seed in range(4)]
     batch = [record(i, data) for i, data in enumerate(good)]
-    settings = Settings(chunk_target_ms=target_ms)
+    settings = Settings(chunk_target_ms=target_ms, commit_interval_ms=0)
     worker, consumer, producer, log = make_worker(models, [batch], settings=settings)
     stats = worker.run(drain=True)
     assert (stats.consumed, stats.findings) == (4, 4)
@@ -405,3 +405,62 @@ def test_the_findings_producer_does_not_linger(
     with pytest.raises(_Stop):
         Worker(Settings(delivery=delivery), "127.0.0.1:9", None, None, None, pipeline=object())  # type: ignore[arg-type]
     assert seen["linger_ms"] == 0
+
+
+def _one_event_polls(n: int) -> list[list[Record]]:
+    return [[record(i, encode_ct(ct_slice(i, 64)))] for i in range(n)]
+
+
+@pytest.mark.parametrize(("interval_ms", "commits"), [(0, 3), (60_000, 2)])
+def test_commits_are_spaced_by_the_interval_and_made_once_a_poll_brings_nothing(
+    models: ModelSet, interval_ms: float, commits: int
+) -> None:
+    # Three polls of one event: with no interval each is committed; with a long one the first
+    # is committed at once, the next two wait, and the empty poll after them commits both.
+    settings = Settings(chunk_target_ms=0, commit_interval_ms=interval_ms)
+    worker, consumer, _, log = make_worker(models, _one_event_polls(3), settings=settings)
+    consumer.on_poll = lambda: log.append("poll")
+    stats = worker.run(drain=True)
+    assert stats.findings == 3 and consumer.committed_offsets[consumer.tp].offset == 3
+    assert log.count("commit_async") == commits
+    assert_commits_follow_flushed_sends(log)
+    if interval_ms:
+        polls = [i for i, entry in enumerate(log) if entry == "poll"]
+        last = [i for i, entry in enumerate(log) if entry == "commit_async"][-1]
+        assert polls[3] < last  # after the fourth poll, the one that brought nothing
+
+
+def test_offsets_held_back_are_committed_before_leaving(models: ModelSet) -> None:
+    settings = Settings(chunk_target_ms=0, commit_interval_ms=60_000)
+    worker, consumer, _, log = make_worker(models, _one_event_polls(3), settings=settings)
+    stats = worker.run(max_events=3)  # stops with no empty poll: offsets 2 and 3 wait
+    assert stats.findings == 3 and consumer.committed_offsets[consumer.tp].offset == 3
+    assert log.count("commit_async") == 1
+    assert log.index("commit") < log.index("consumer close")
+
+
+def test_a_partition_given_back_resumes_after_the_results_whose_commit_waits(
+    models: ModelSet,
+) -> None:
+    """kafka-python restarts a partition assigned back to this member from its committed
+    offset: the listener points it after the results delivered and not yet committed, so that
+    they are neither computed nor sent again."""
+    settings = Settings(chunk_target_ms=0, commit_interval_ms=60_000)
+    worker, consumer, _, log = make_worker(models, _one_event_polls(3), settings=settings)
+    polls = [0]
+
+    def on_poll() -> None:
+        polls[0] += 1
+        log.append("poll")
+        if polls[0] == 4:  # offset 1 delivered and held back from the commit; offset 2 held
+            assert consumer.listener is not None
+            consumer.listener.on_partitions_revoked({consumer.tp})
+            consumer.listener.on_partitions_assigned({consumer.tp})
+
+    consumer.on_poll = on_poll
+    stats = worker.run(drain=True)
+    assert stats.findings == 3 and consumer.committed_offsets[consumer.tp].offset == 3
+    fourth = [i for i, entry in enumerate(log) if entry == "poll"][3]
+    assert log[fourth + 1] == "seek 2"  # the listener: after offset 1, committed or not
+    sent = [entry for entry in log if entry.startswith("send")]
+    assert len(sent) == 3  # each finding once

@@ -44,7 +44,14 @@ def _worker(
     log: list[str] = []
     consumer, producer = FakeConsumer(log, batches), FakeProducer(log)
     # A target below any event's compute: every event is a chunk; a poll of three is full.
-    settings = Settings(chunk_target_ms=1e-6, compute_process=compute_process, max_poll_records=3)
+    # A commit for every chunk: these tests pin the order of polls, sends and seeks; the commit
+    # interval has tests of its own (test_loop.py).
+    settings = Settings(
+        chunk_target_ms=1e-6,
+        compute_process=compute_process,
+        max_poll_records=3,
+        commit_interval_ms=0,
+    )
     pipeline = OneAtATime(Pipeline(models, settings))
     worker = Worker(
         settings,
