@@ -138,8 +138,8 @@ class Settings:
     # Offsets of acknowledged results are committed at most this often (asynchronously), and at
     # once when a poll brings nothing (0: after every chunk). A commit costs the loop's thread
     # kafka-python's hand-offs to its network thread; at half load, where a chunk is one or two
-    # events, committing each one made the median latency longer in 21 of 25 interleaved rounds
-    # (by 5.9 ms in the median pair; README, benchmarks). A crash, or a partition that moves to
+    # events, committing each one made the median latency longer in 27 of 31 interleaved rounds
+    # (by 5.7 ms in the median pair; README, benchmarks). A crash, or a partition that moves to
     # another member, replays at most this much more (at-least-once: a replay repeats findings
     # under the same finding ids).
     commit_interval_ms: float = 100.0
