@@ -147,10 +147,9 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         if self.flow.paused and assigned:
             self.flow.consumer.pause(*assigned)  # still busy: take nothing new yet
         resume_at = self.resume_at
-        if resume_at is None:
-            return
-        for tp in assigned:
-            offset = resume_at(tp)
-            if offset is not None:  # else kafka-python starts from the committed offset
-                self.flow.consumer.seek(tp, offset)
+        if resume_at is not None:
+            for tp in assigned:
+                offset = resume_at(tp)
+                if offset is not None:  # else kafka-python starts from the committed offset
+                    self.flow.consumer.seek(tp, offset)
         self.flow.health.set_ready(bool(assigned))

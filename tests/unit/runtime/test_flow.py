@@ -70,3 +70,32 @@ def test_a_chunk_that_outlasts_patience_pauses_polls_and_says_so(caplog: object)
         flow.wait(work)
     assert consumer.polls > 0 and consumer.paused_now == set()  # paused meanwhile, resumed
     assert "still computing after 0.1 s: partitions paused" in caplog.text  # type: ignore[attr-defined]
+
+
+class _Seeks:
+    def __init__(self) -> None:
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+class _NoLag:
+    def remove_lag(self, topic: str, partition: int) -> None:
+        pass
+
+
+def test_an_assignment_makes_the_member_ready_and_resumes_partitions_given_back() -> None:
+    from worker.runtime.flow import Rebalance
+
+    for resume_at in (None, {A: 7}.get):
+        consumer, health = _Seeks(), Health()
+        flow = FlowControl(consumer=consumer, health=health, max_poll_interval_ms=300_000)
+        listener = Rebalance(flow, _NoLag(), resume_at)
+        listener.on_partitions_revoked({A, B})
+        assert not health.ready()
+        listener.on_partitions_assigned({A, B})
+        assert health.ready()
+        # A's results up to offset 7 were delivered and their commit waits: A resumes there;
+        # B (nothing held back) starts from its committed offset, as kafka-python sets it.
+        assert consumer.seeks == ([] if resume_at is None else [(A, 7)])
