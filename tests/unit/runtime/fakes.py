@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from kafka import OffsetAndMetadata, TopicPartition
 
 from worker.runtime.kafka import NullableSerializer
+from worker.settings import Settings
 
 TOPIC = "scans.events"
 
@@ -221,3 +223,24 @@ class FakeConsumer:
         self.owned = set()
         if self.listener is not None:
             self.listener.on_partitions_revoked({self.tp})
+
+
+def worker_producer_options(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> dict[str, Any]:
+    """The options a :class:`~worker.runtime.loop.Worker` with ``settings`` asks its producer
+    factory for beyond the defaults (the factory stands in, and the worker's start stops there)."""
+    from worker.runtime import kafka as kafka_clients
+    from worker.runtime import loop
+
+    seen: dict[str, Any] = {}
+
+    class _Stop(Exception):
+        pass
+
+    def producer(bootstrap: str, settings: Settings, **extra: Any) -> Any:
+        seen.update(extra)
+        raise _Stop
+
+    monkeypatch.setattr(kafka_clients, "producer", producer)
+    with pytest.raises(_Stop):
+        loop.Worker(settings, "127.0.0.1:9", None, None, None, pipeline=object())  # type: ignore[arg-type]
+    return seen

@@ -14,6 +14,7 @@ from kafka.admin import (
     ResourceType,
 )
 
+from tests.unit.runtime.fakes import worker_producer_options
 from worker.errors import BrokerError
 from worker.runtime import acls
 from worker.runtime.acls import Grant, check_access, to_acl, transactional_prefix, worker_grants
@@ -75,22 +76,8 @@ def test_the_transactional_prefix_is_what_the_loop_uses() -> None:
 
 def test_the_loop_really_asks_for_that_transactional_id(monkeypatch: pytest.MonkeyPatch) -> None:
     """Build the loop's producer with a stand-in and look at the id it asks for."""
-    from worker.runtime import kafka as kafka_clients
-    from worker.runtime import loop
-
-    seen: dict[str, Any] = {}
-
-    class _Stop(Exception):
-        pass
-
-    def producer(bootstrap: str, settings: Settings, **extra: Any) -> Any:
-        seen.update(extra)
-        raise _Stop
-
-    monkeypatch.setattr(kafka_clients, "producer", producer)
     s = Settings(group_id="radiology", worker_id="pod-0", delivery="exactly-once")
-    with pytest.raises(_Stop):
-        loop.Worker(s, "127.0.0.1:9", None, None, None, pipeline=object())  # type: ignore[arg-type]
+    seen = worker_producer_options(monkeypatch, s)
     assert seen["transactional_id"] == "scanstream-radiology-pod-0"
     assert seen["transactional_id"].startswith(transactional_prefix(s))
 

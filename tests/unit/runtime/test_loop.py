@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from kafka import errors as kafka_errors
 
-from tests.unit.runtime.fakes import TOPIC, FakeConsumer, FakeProducer, Record
+from tests.unit.runtime.fakes import (
+    TOPIC,
+    FakeConsumer,
+    FakeProducer,
+    Record,
+    worker_producer_options,
+)
 from worker.inference import ModelSet
 from worker.metrics import Health, Metrics
 from worker.phantoms import ct_slice, encode_ct
@@ -390,20 +396,7 @@ def test_the_findings_producer_does_not_linger(
     """A chunk's findings go out as soon as it is computed: the worker's producer asks for no
     linger, whatever the factory's default (README, Benchmarks: the produce stage 0.3 ms
     instead of 1.5 at half load)."""
-    from worker.runtime import kafka as kafka_clients
-
-    seen: dict[str, Any] = {}
-
-    class _Stop(Exception):
-        pass
-
-    def producer(bootstrap: str, settings: Settings, **extra: Any) -> Any:
-        seen.update(extra)
-        raise _Stop
-
-    monkeypatch.setattr(kafka_clients, "producer", producer)
-    with pytest.raises(_Stop):
-        Worker(Settings(delivery=delivery), "127.0.0.1:9", None, None, None, pipeline=object())  # type: ignore[arg-type]
+    seen = worker_producer_options(monkeypatch, Settings(delivery=delivery))
     assert seen["linger_ms"] == 0
 
 
