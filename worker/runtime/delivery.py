@@ -375,10 +375,7 @@ class Delivery:
     def commit_pending(self) -> None:
         """Commit synchronously every offset committed asynchronously since the last call, and
         those the commit interval held back."""
-        owned = self.consumer.assignment()
-        for tp, om in self._deferred.items():
-            if tp in owned:
-                self._uncertain[tp] = om  # newer than any commit of the partition before
+        self._uncertain.update(self._deferred)  # newer than any commit of their partitions
         self._deferred = {}
         if not self._uncertain:
             return
