@@ -15,7 +15,9 @@ What crosses the pipe: the chunk's events, their bytes in a file under ``/dev/sh
 its own events back). The child loads the models itself. The worker keeps two chunks in the
 child (two compute threads here), so that it goes from one to the next without waiting for this
 process; chunks are sized by the child's own compute time
-(:meth:`ProcessPipeline.compute_seconds`), and the pipes hold 1 MiB (:func:`widen_pipes`).
+(:meth:`ProcessPipeline.compute_seconds`). Each calling thread writes its chunk to the child's
+pipe and reads the answer itself (:mod:`worker.runtime.child`), with no executor's threads in
+between.
 
 Measured on 2 cores (README, Benchmarks): 1.2x the in-thread worker's saturation rate, for a
 second process of about 320 MB and about 1.2 s more at start. Partial versions gained nothing
@@ -41,21 +43,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import multiprocessing
-import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Final
+from typing import Any
 
 from worker.contract import ScanEvent
 from worker.errors import ModelError, Rejection, ScanStreamError
 from worker.imaging import ImagingConfig
 from worker.pipeline import Outcome, Pipeline
 from worker.runtime import handoff
+from worker.runtime.child import Child, ChildDied
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,18 +66,17 @@ _pipeline: Pipeline | None = None  # the child's own, built once by _start_child
 _start_error: ScanStreamError | None = None  # why the child could not build it
 
 
-def _start_child(settings: Settings, imaging: ImagingConfig, parent: int) -> None:
+def _start_child(settings: Settings, imaging: ImagingConfig) -> None:
     """Runs first in the child: logs and allocator as in the parent, then models and pipeline.
 
     Ctrl-C reaches the whole process group: the child ignores it, and stops when the parent,
     having finished its batch, shuts it down. A parent killed outright (SIGKILL, a crash) never
-    does: the child then exits by itself (:func:`_exit_with`)."""
+    does: the child then exits by itself (:mod:`worker.runtime.child`)."""
     global _pipeline, _start_error
     from worker.runtime import allocator, jsonlog
     from worker.runtime.service import load_models
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="parent-watch").start()
     jsonlog.setup(settings.log_level)
     allocator.tune(settings.malloc_tune)
     try:
@@ -93,16 +91,6 @@ def _started() -> None:
     its start with that message instead of a traceback from the pool's initializer."""
     if _start_error is not None:
         raise _start_error
-
-
-def _exit_with(parent: int, every_s: float = 0.5) -> None:
-    """Exit when ``parent`` is gone (this process then has another parent).
-
-    The child holds both ends of its task pipe, so it never sees the parent's end close: without
-    this, a worker killed with SIGKILL would leave its child waiting for work for ever."""
-    while os.getppid() == parent:
-        time.sleep(every_s)
-    os._exit(0)
 
 
 def _model_infos() -> list[dict[str, str]]:
@@ -131,35 +119,6 @@ def run_parcel(
     return target(handoff.unpack(events, parcel), sources)
 
 
-#: Linux's F_SETPIPE_SZ, and the size asked for: an unprivileged process may go up to
-#: /proc/sys/fs/pipe-max-size, 1 MiB by default.
-_F_SETPIPE_SZ: Final = 1031
-PIPE_BYTES: Final = 1 << 20
-
-
-def widen_pipes(pool: ProcessPoolExecutor) -> int:
-    """Give the pool's two pipes (chunks there, outcomes back) 1 MiB buffers instead of 64 KiB;
-    returns how many pipe ends took it.
-
-    A chunk of 512x512 slices is megabytes: through 64 KiB, the writer thread and the child
-    took turns per 64 KiB, each turn a wake-up and, in the worker, a wait for the GIL (measured:
-    the child spent a fifth of its time in ``recv`` and the worker 2 ms more CPU per event).
-    This reaches into the executor's queues, so it is best effort: anything unexpected leaves
-    the default size, with a DEBUG line."""
-    widened = 0
-    try:
-        import fcntl
-
-        queues = (pool._call_queue, pool._result_queue)  # type: ignore[attr-defined]
-        ends = [getattr(q, name) for q in queues for name in ("_reader", "_writer")]
-        for end in ends:
-            fcntl.fcntl(end.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
-            widened += 1
-    except (ImportError, AttributeError, OSError) as exc:
-        log.debug("compute pipes keep their default size: %r", exc)
-    return widened
-
-
 class ProcessPipeline:
     """A :class:`~worker.pipeline.Pipeline` stand-in whose ``process`` runs in a child process
     (see the module docstring). ``target`` is what the child runs; tests give it one that dies
@@ -173,7 +132,7 @@ class ProcessPipeline:
     ) -> None:
         self.settings, self.imaging, self._target = settings, imaging, target
         handoff.sweep()  # what a worker killed before this one left in /dev/shm
-        self._pool = self._new_pool()
+        self._child = Child(_start_child, (settings, imaging))
         self._state = threading.Condition()
         self._running = 0  # chunks in the child now
         self._solo = False  # a recovery has the child to itself
@@ -183,36 +142,32 @@ class ProcessPipeline:
         # Start the child now: a model that fails to load fails the worker's start, not its
         # first event, and the first event does not wait for the models.
         try:
-            self._pool.submit(_started).result()
+            self._child.call(_started, timeout_s=None)
         except ScanStreamError:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._child.close()
             raise
-        except BrokenProcessPool as exc:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        except ChildDied as exc:
+            self._child.close()
             raise ModelError(
                 "the compute process (SCANSTREAM_COMPUTE_PROCESS=true) failed to start: its log "
                 "lines above say why"
             ) from exc
 
+    @property
+    def child_pid(self) -> int | None:
+        """The compute process's pid (it changes when a dead child is replaced)."""
+        return self._child.pid
+
     def model_infos(self) -> list[dict[str, str]]:
         """The child's models (name, version, execution provider): the worker's metrics show
         these, so that the parent need not load models (on a GPU, a second CUDA context)."""
-        return self._pool.submit(_model_infos).result()
+        infos: list[dict[str, str]] = self._child.call(_model_infos, timeout_s=None)
+        return infos
 
     def compute_seconds(self) -> float | None:
         """How long the child computed the calling thread's last chunk (None: unknown)."""
         seconds: float | None = getattr(self._local, "seconds", None)
         return seconds
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        pool = ProcessPoolExecutor(
-            1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_child,
-            initargs=(self.settings, self.imaging, os.getpid()),
-        )
-        widen_pipes(pool)
-        return pool
 
     def process(self, events: Sequence[ScanEvent], sources: Sources = None) -> list[Outcome]:
         """One outcome per event, in order, as :meth:`Pipeline.process`; never raises for an
@@ -221,19 +176,20 @@ class ProcessPipeline:
         with self._state:
             self._state.wait_for(lambda: not self._solo)
             self._running += 1
-            generation, pool = self._generation, self._pool
+            generation, child = self._generation, self._child
             # What is ahead of this chunk in the child counts against its deadline too.
             self._in_child += len(events)
             limit_s = self.hard_limit_s(self._in_child)
         hung, parcel = False, handoff.Parcel(None, ())
         try:
             stripped, parcel = handoff.pack(events)
-            future = pool.submit(run_parcel, self._target, stripped, parcel, sources)
-            computed, self._local.seconds = future.result(timeout=limit_s)
-        except BrokenProcessPool:
+            computed, self._local.seconds = child.call(
+                run_parcel, self._target, stripped, parcel, sources, timeout_s=limit_s
+            )
+        except ChildDied:
             computed, self._local.seconds = None, None
         except TimeoutError:
-            self._kill(pool, f"{len(events)} events took over {limit_s:.0f} s")
+            self._kill(child, f"{len(events)} events took over {limit_s:.0f} s")
             computed, self._local.seconds, hung = None, None, True
         finally:
             handoff.discard(parcel)  # the child removed it, unless it died or hung first
@@ -287,24 +243,24 @@ class ProcessPipeline:
         one = None if sources is None else [sources[i]]
         limit_s = self.hard_limit_s(1)
         try:
-            return self._pool.submit(self._target, [event], one).result(timeout=limit_s)[0][0]
-        except BrokenProcessPool:
+            outcomes, _ = self._child.call(self._target, [event], one, timeout_s=limit_s)
+            outcome: Outcome = outcomes[0]
+            return outcome
+        except ChildDied:
             self._restart(f"on event {event.event_id} alone")
             detail = "the compute process died on this event (twice: with its chunk and alone)"
             return Outcome(event, rejection=Rejection("internal_error", detail))
         except TimeoutError:
-            self._kill(self._pool, f"event {event.event_id} alone took over {limit_s:.0f} s")
+            self._kill(self._child, f"event {event.event_id} alone took over {limit_s:.0f} s")
             self._restart(f"on event {event.event_id} alone")
             detail = f"the compute process did not answer in {limit_s:.0f} s (with its chunk too)"
             return Outcome(event, rejection=Rejection("timeout", detail))
 
     @staticmethod
-    def _kill(pool: ProcessPoolExecutor, why: str) -> None:
-        """Kill the pool's child (its futures then fail as if it had died)."""
+    def _kill(child: Child, why: str) -> None:
+        """Kill the child (its other calls then fail as if it had died)."""
         log.error("the compute process hangs (%s): killing it", why)
-        processes = getattr(pool, "_processes", None) or {}
-        for process in list(processes.values()):
-            process.kill()
+        child.kill()
 
     def _restart(self, when: str) -> None:
         """Replace a dead child. One that cannot load the models (they were removed or changed
@@ -312,21 +268,21 @@ class ProcessPipeline:
         stops with it, as it would fail its start, instead of dead-lettering every event after
         (its chunks in flight are not committed: the next worker computes them)."""
         log.error("the compute process died %s: starting a new one", when)
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pool = self._new_pool()
+        self._child.close()
+        self._child = Child(_start_child, (self.settings, self.imaging))
         self._generation += 1
         # Started before anything is timed in it: its start-up is not a chunk's compute.
         try:
-            self._pool.submit(_started).result()
+            self._child.call(_started, timeout_s=None)
         except ScanStreamError as exc:
             raise ModelError(f"the compute process could not be started again: {exc}") from exc
-        except BrokenProcessPool as exc:
+        except ChildDied as exc:
             raise ModelError(
                 "the compute process could not be started again: its log lines above say why"
             ) from exc
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._child.close()
 
     def __enter__(self) -> ProcessPipeline:
         return self
