@@ -121,6 +121,34 @@ def delete_topics(bootstrap: str, settings: Settings) -> None:
             admin.delete_topics([*topics, settings.dlq_topic])
 
 
+def known_partitions(consumer: Any, topic: str, timeout_s: float = 30.0) -> list[int]:
+    """``topic``'s partitions, once ``consumer`` knows them.
+
+    A topic created a moment before (each phase creates its own) may not be in the broker's
+    metadata yet, and kafka-python then knows no partition of it: the reader once took
+    partition 0 alone for it, and would then miss every finding that went to another. The
+    likely cause of a phase seen twice on 2026-12-07 (the fifth of a run each time, while the
+    broker deleted the earlier phases' topics): its warm-up's six findings, which share one key
+    and so one partition, went unanswered for 180 s, though the worker had committed all six
+    events and the findings topic held six records (:mod:`worker.bench.diagnose`). A reader that
+    misses answers now also says which partitions it reads.
+
+    >>> class Consumer:
+    ...     answers = [set(), {2, 0, 1}]
+    ...     def partitions_for_topic(self, topic): return self.answers.pop(0)
+    >>> known_partitions(Consumer(), "t")
+    [0, 1, 2]
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return sorted(partitions)
+        if time.monotonic() > deadline:
+            raise BenchError(f"the topic {topic} has no partitions known after {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
 class FindingReader:
     """Reads a phase's findings and dead letters from the beginning, in a background thread."""
 
@@ -136,10 +164,11 @@ class FindingReader:
         tps = [
             TopicPartition(topic, p)
             for topic in (self._findings, self._dlq)
-            for p in sorted(self._consumer.partitions_for_topic(topic) or {0})
+            for p in known_partitions(self._consumer, topic)
         ]
         self._consumer.assign(tps)
         self._consumer.seek_to_beginning(*tps)
+        self.reads = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps)
         self._seen: dict[str, Arrival] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -185,7 +214,9 @@ class FindingReader:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._thread.is_alive():
                     raise BenchError(
-                        f"{len(missing)}/{len(ids)} events unanswered after {timeout_s:.0f} s"
+                        f"{len(missing)}/{len(ids)} events unanswered after {timeout_s:.0f} s "
+                        f"(the reader reads {self.reads}; its thread alive: "
+                        f"{self._thread.is_alive()})"
                     )
                 self._cond.wait(min(left, 0.5))
             if check is not None:
