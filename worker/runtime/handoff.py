@@ -1,9 +1,10 @@
 """A chunk's event bytes on their way to the compute process, through a file in shared memory.
 
-Through the process pool's pipe, a chunk of 512x512 slices (megabytes) goes 1 MiB at a time:
-the child, done with one chunk, reads the next one's first MiB and then waits for the worker's
-feeder thread, which needs the interpreter lock that Kafka's threads hold, to write each further
-MiB (measured: 2 to 6 ms of idle child between chunks of about 50 ms). Here the worker writes the
+Through a pipe, a chunk of 512x512 slices (megabytes) goes 1 MiB at a time: the child, done
+with one chunk, reads the next one's first MiB and then waits for the worker's writing thread,
+which needs the interpreter lock that Kafka's threads hold, to write each further MiB (measured
+with the process pool the child once ran in: 2 to 6 ms of idle child between chunks of about 50
+ms). Here the worker writes the
 bytes into one file under ``/dev/shm`` (RAM) before it submits the chunk, in one ``writev`` that
 releases the lock, and the pipe carries only the events' ids, times and sizes; the child opens
 the file, removes its name at once and reads each event's bytes from it.
