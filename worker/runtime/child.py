@@ -153,13 +153,16 @@ class Child:
                     return self._filed.pop(seq)
                 if self._dead:
                     raise ChildDied("the compute process died before it answered")
-                if not self._answers.poll(None if deadline is None else _left(deadline)):
-                    raise TimeoutError("no answer from the compute process in time")
-                try:
-                    answered, *answer = pickle.loads(self._answers.recv_bytes())
+                data = None
+                try:  # closed under us (close() on another thread) counts as dead too
+                    if self._answers.poll(None if deadline is None else _left(deadline)):
+                        data = self._answers.recv_bytes()
                 except (EOFError, OSError) as exc:
                     self._dead = True
                     raise ChildDied("the compute process died before it answered") from exc
+                if data is None:  # (not raised inside the try: TimeoutError is an OSError)
+                    raise TimeoutError("no answer from the compute process in time")
+                answered, *answer = pickle.loads(data)
                 if answered == seq:
                     return answer[0], answer[1], answer[2]
                 self._filed[answered] = (answer[0], answer[1], answer[2])

@@ -26,8 +26,8 @@ def _slow_echo(value: int, seconds: float) -> int:
     return value
 
 
-def _raise(reason: str) -> None:
-    raise Rejection(reason, "raised in the child")
+def _raise() -> None:
+    raise Rejection("not_dicom", "raised in the child")
 
 
 def _die() -> None:
@@ -51,6 +51,12 @@ def _wait_for(path: Path) -> None:
 
 def _hang() -> None:
     time.sleep(3600)
+
+
+def _hang_in(folder: str) -> None:
+    """Says it has started, then hangs."""
+    (Path(folder) / "started").touch()
+    _hang()
 
 
 def _unpicklable() -> object:
@@ -84,7 +90,7 @@ def test_an_exception_in_the_child_is_raised_in_the_caller_and_the_child_goes_on
     child: Child,
 ) -> None:
     with pytest.raises(Rejection, match="raised in the child") as raised:
-        child.call(_raise, "not_dicom", timeout_s=60)
+        child.call(_raise, timeout_s=60)
     assert raised.value.reason == "not_dicom"
     [note] = raised.value.__notes__  # where it was raised, for the log line of a bug
     assert note.startswith("in the compute process:") and "in _raise" in note
@@ -126,8 +132,8 @@ def test_close_stops_the_child_and_kills_one_that_does_not_stop(tmp_path: Path) 
 
     stubborn = Child(_nothing, ())
     with ThreadPoolExecutor(1) as thread:
-        hanging = thread.submit(stubborn.call, _hang, timeout_s=None)
-        time.sleep(0.5)  # the hang is in the child now
+        hanging = thread.submit(stubborn.call, _hang_in, str(tmp_path), timeout_s=None)
+        _wait_for(tmp_path / "started")  # the hang is in the child now
         started = time.monotonic()
         stubborn.close(grace_s=0.5)
         assert time.monotonic() - started < 30
