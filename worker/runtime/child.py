@@ -7,7 +7,11 @@ the manager thread again. Each of those threads needs the interpreter lock to ta
 which the consumer loop and Kafka's own threads hold much of the time: measured in a running
 worker at half load, 1.7 to 2.6 ms from the call to the child's first byte, and 0.7 to 0.9 ms
 back, for a chunk of one or two events that computes in 9 to 12 ms. Here the calling thread
-writes its call to the pipe itself and reads the answers itself: no thread between.
+writes its call to the pipe itself and reads the answers itself: no thread between. Measured
+against the executor in interleaved rounds, that moved neither the half-load latency nor the
+saturation rate beyond this machine's noise (README, Benchmarks, fourth session); it is kept
+because it no longer reaches into the executor's private attributes (``_processes`` to kill a
+hung child, ``_call_queue`` and ``_result_queue`` to widen its pipes).
 
 Calls are answered in the order they were written (the child computes one at a time); several
 threads may call at once, and whichever reads an answer that is not its own files it for its
