@@ -17,10 +17,6 @@ topics, and how many events the worker counted (its ``scanstream_events_total``)
 'group g Stable, 1 member(s): w-1 holds t[0, 2]'
 >>> group_summary({"g": {"group_state": "Empty", "members": []}}, "g")
 'group g Empty, 0 member(s)'
->>> page = ['# HELP scanstream_events_total ...', 'scanstream_events_total{outcome="f"} 3.0',
-...         'scanstream_events_total{outcome="d"} 1.0', 'scanstream_alerts_total{severity="x"} 9.0']
->>> events_counted(chr(10).join(page))
-4.0
 """
 
 from __future__ import annotations
@@ -32,6 +28,7 @@ from typing import Any
 
 from kafka import TopicPartition
 
+from worker.bench.scrape import events_counted
 from worker.runtime import kafka as kafka_clients
 from worker.settings import Settings
 
@@ -49,15 +46,6 @@ def group_summary(described: dict[str, Any], group: str) -> str:
         parts.append(f"{m.get('client_id')} holds {', '.join(held) or 'nothing'}")
     line = f"group {group} {info.get('group_state')}, {len(members)} member(s)"
     return f"{line}: {'; '.join(parts)}" if parts else line
-
-
-def events_counted(exposition: str) -> float:
-    """The sum of ``scanstream_events_total`` over its labels, from a ``/metrics`` page."""
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in exposition.splitlines()
-        if line.startswith("scanstream_events_total{")
-    )
 
 
 def offsets_summary(bootstrap: str, settings: Settings) -> str:

@@ -1,7 +1,8 @@
 """The worker's own ``/metrics``, scraped before and after a bench phase: where its time went.
 
 :func:`stage_means` turns two scrapes into mean milliseconds per stage (and the inference batch
-size); :func:`stage_quantile` estimates a quantile of one stage from the histogram's buckets.
+size); :func:`stage_quantile` estimates a quantile of one stage from the histogram's buckets;
+:func:`events_counted` reads the events the worker counted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,22 @@ def _samples(text: str) -> dict[tuple[str, str, str], float]:
         if m:
             out[(m.group(1), m.group(3) or "", m.group(2))] = float(m.group(4))
     return out
+
+
+def events_counted(text: str) -> float:
+    """The worker's ``scanstream_events_total``, summed over its labels (a failed phase's
+    diagnosis: :mod:`worker.bench.diagnose`).
+
+    >>> page = ['# HELP scanstream_events_total ...', 'scanstream_events_total{outcome="f"} 3.0',
+    ...         'scanstream_events_total{outcome="d"} 1.0', 'scanstream_alerts_total{x="y"} 9.0']
+    >>> events_counted(chr(10).join(page))
+    4.0
+    """
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("scanstream_events_total{")
+    )
 
 
 def stage_means(before: str, after: str) -> dict[str, float]:
