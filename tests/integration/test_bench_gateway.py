@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
+from worker.bench import BenchError
 from worker.bench import gateway as bench_gateway_module
-from worker.bench.e2e import BenchError
 from worker.bench.gateway import bench_gateway
 from worker.settings import Settings
 

@@ -5,6 +5,7 @@ the setting to fix; removing any documented ACL fails start naming the missing g
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -32,8 +33,10 @@ from kafka.admin import (
 from tests.gateway_helpers import gateway_process
 from tests.kafka_helpers import at_least, collect, read_topics, worker_thread
 from worker import broker
+from worker.bench.loadgen import Event, open_clients
 from worker.broker import free_port
 from worker.broker_secure import SecureSetup
+from worker.contract import header
 from worker.errors import BrokerError
 from worker.inference import ModelSet
 from worker.runtime import acls
@@ -336,3 +339,31 @@ def test_the_gateway_works_over_sasl_ssl_with_only_its_documented_acls(
         assert sent.returncode == 0, sent.stdout + sent.stderr
         events = read_topics(admin, [admin.events_topic], at_least({admin.events_topic: 1}))
         assert len(events[admin.events_topic]) == 1
+
+
+def test_the_bench_load_generator_works_over_sasl_ssl(secure: SecureBroker) -> None:
+    """The benchmark's librdkafka publisher and reader, configured from the same settings as
+    the worker (worker.bench.loadgen.librdkafka_security): SCRAM over TLS with the broker's CA."""
+    ns = _namespace(secure)
+    admin = secure.admin.namespaced(ns).replace(bootstrap_servers=secure.bootstrap)
+    assert admin.security_protocol == "SASL_SSL" and admin.ssl_cafile
+    pub, reader = open_clients("librdkafka", secure.bootstrap, admin)
+    try:
+        event = Event("slice", b"bytes", b"study", 1)
+        ids = [pub.send(event)[0] for _ in range(3)]
+        pub.flush()  # raises unless every event was acknowledged
+        events = read_topics(admin, [admin.events_topic], at_least({admin.events_topic: 3}), 60)
+        assert sorted(header(r.headers, "event-id") for r in events[admin.events_topic]) == sorted(
+            i.encode() for i in ids
+        )
+        producer = kafka_clients.producer(secure.bootstrap, admin)
+        try:
+            doc = {"event_id": ids[0], "frame_count": 1, "worker_id": "w", "latency_ms": 1.0}
+            producer.send(admin.findings_topic, json.dumps({**doc, "timings_ms": {}}).encode())
+            producer.flush(timeout=30)
+        finally:
+            producer.close()
+        assert reader.wait_for([ids[0]], timeout_s=60)[ids[0]].worker_id == "w"
+    finally:
+        pub.close()
+        reader.close()

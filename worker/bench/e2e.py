@@ -3,8 +3,9 @@
 Each phase gets topics and a consumer group of its own (uuid suffix), so that no phase sees
 another's events, and runs the worker under test as a separate OS process, as production does:
 ``python -m worker.cli run --processes P`` (the real worker) or ``python -m worker.bench.naive``.
-This process publishes the events and reads the findings back (:class:`FindingReader`, a
-background thread that stamps each finding with its arrival time).
+This process publishes the events and reads the findings back (:mod:`worker.bench.loadgen`:
+librdkafka by default, or kafka-python; the reader is a background thread that stamps each
+finding with its arrival time).
 
 Before measuring, :func:`warm_up` sends one event to every partition, round after round, until
 findings come back from as many distinct workers as there are processes: models are loaded,
@@ -33,12 +34,10 @@ each measurement, say where the time went (``worker_stage_means``).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -48,51 +47,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from kafka import KafkaConsumer, TopicPartition
-
+from worker.bench import BenchError
 from worker.bench.cpu import CpuMeter, own_cpu_s, tree_cpu_s
 from worker.bench.diagnose import diagnose
+from worker.bench.loadgen import (
+    DEFAULT_GENERATOR,
+    Arrival,
+    Event,
+    FindingReader,
+    Publisher,
+    open_clients,
+)
 from worker.bench.report import latency_summary
 from worker.bench.scrape import stage_means
 from worker.broker import free_port
-from worker.contract import DICOM_TYPE, header
-from worker.errors import ScanStreamError
 from worker.runtime import kafka as kafka_clients
-from worker.runtime.publisher import event_headers
-from worker.runtime.security import client_security
 from worker.settings import Settings
 
 #: Partitions of the bench topics: divisible by 1 and 2, so two processes get equal shares.
 PARTITIONS = 6
-
-
-class BenchError(ScanStreamError):
-    """A benchmark phase could not complete (no answer in time, a worker exited)."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """One workload event: the record value (DICOM bytes, or the JSON document of a reference
-    event: :mod:`worker.bench.references`), its partitioning key, the frames it holds and the
-    content-type header that tells the worker which of the two forms it is."""
-
-    name: str
-    data: bytes
-    key: bytes | None
-    frames: int
-    content_type: str = DICOM_TYPE
-
-
-@dataclass(frozen=True)
-class Arrival:
-    """A finding (or dead letter) as the reader saw it."""
-
-    arrived: float  # time.time() when the reader's poll returned it
-    frames: int
-    worker_id: str
-    worker_latency_ms: float | None
-    compute_ms: float | None  # the finding's timings_ms summed: decode to building it
-    dead: bool = False
 
 
 def pacing_schedule(rate: float, count: int) -> list[float]:
@@ -119,145 +92,6 @@ def delete_topics(bootstrap: str, settings: Settings) -> None:
         admin = kafka_clients.admin_client(bootstrap, settings)
         with contextlib.closing(admin):
             admin.delete_topics([*topics, settings.dlq_topic])
-
-
-def known_partitions(consumer: Any, topic: str, timeout_s: float = 30.0) -> list[int]:
-    """``topic``'s partitions, once ``consumer`` knows them.
-
-    A topic created a moment before (each phase creates its own) may not be in the broker's
-    metadata yet, and kafka-python then knows no partition of it: the reader once took
-    partition 0 alone for it, and would then miss every finding that went to another. The
-    likely cause of a phase seen twice on 2026-12-07 (the fifth of a run each time, while the
-    broker deleted the earlier phases' topics): its warm-up's six findings, which share one key
-    and so one partition, went unanswered for 180 s, though the worker had committed all six
-    events and the findings topic held six records (:mod:`worker.bench.diagnose`). A reader that
-    misses answers now also says which partitions it reads.
-
-    >>> class Consumer:
-    ...     answers = [set(), {2, 0, 1}]
-    ...     def partitions_for_topic(self, topic): return self.answers.pop(0)
-    >>> known_partitions(Consumer(), "t")
-    [0, 1, 2]
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions:
-            return sorted(partitions)
-        if time.monotonic() > deadline:
-            raise BenchError(f"the topic {topic} has no partitions known after {timeout_s:.0f} s")
-        time.sleep(0.05)
-
-
-class FindingReader:
-    """Reads a phase's findings and dead letters from the beginning, in a background thread."""
-
-    def __init__(self, bootstrap: str, settings: Settings) -> None:
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=50,  # an answer should not sit at the broker: it is the latency
-            max_partition_fetch_bytes=settings.max_message_bytes + (1 << 20),
-            **client_security(settings),
-        )
-        self._findings, self._dlq = settings.findings_topic, settings.dlq_topic
-        tps = [
-            TopicPartition(topic, p)
-            for topic in (self._findings, self._dlq)
-            for p in known_partitions(self._consumer, topic)
-        ]
-        self._consumer.assign(tps)
-        self._consumer.seek_to_beginning(*tps)
-        self.reads = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps)
-        self._seen: dict[str, Arrival] = {}
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-reader", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                batch = self._consumer.poll(timeout_ms=20)
-                now = time.time()
-                arrivals = [self._parse(r, now) for records in batch.values() for r in records]
-                if arrivals:
-                    with self._cond:
-                        self._seen.update(a for a in arrivals if a is not None)
-                        self._cond.notify_all()
-        finally:
-            self._consumer.close()
-
-    def _parse(self, record: Any, now: float) -> tuple[str, Arrival] | None:
-        if record.topic == self._dlq:
-            raw = header(record.headers or [], "event-id")
-            return None if raw is None else (raw.decode(), Arrival(now, 0, "", None, None, True))
-        doc = json.loads(record.value)
-        compute_ms = float(sum(doc["timings_ms"].values()))
-        found = Arrival(now, doc["frame_count"], doc["worker_id"], doc["latency_ms"], compute_ms)
-        return doc["event_id"], found
-
-    def wait_for(
-        self, ids: Sequence[str], timeout_s: float, check: Callable[[], None] | None = None
-    ) -> dict[str, Arrival]:
-        """The arrivals of ``ids``; raises :class:`BenchError` if any is missing at the timeout.
-
-        ``check`` runs every half second while waiting (it raises if the worker died, so that a
-        dead worker fails the phase at once instead of at the timeout).
-        """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with self._cond:
-                missing = [i for i in ids if i not in self._seen]
-                if not missing:
-                    return {i: self._seen[i] for i in ids}
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
-                    raise BenchError(
-                        f"{len(missing)}/{len(ids)} events unanswered after {timeout_s:.0f} s "
-                        f"(the reader reads {self.reads}; its thread alive: "
-                        f"{self._thread.is_alive()})"
-                    )
-                self._cond.wait(min(left, 0.5))
-            if check is not None:
-                check()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
-class Publisher:
-    """Sends workload events with ``event-id`` and ``sent-at`` headers."""
-
-    def __init__(self, bootstrap: str, settings: Settings) -> None:
-        self.settings = settings
-        self._producer = kafka_clients.producer(bootstrap, settings)
-        parts = self._producer.partitions_for(settings.events_topic)
-        self.partitions = sorted(parts or range(PARTITIONS))
-        self._next = 0
-
-    def send(self, event: Event, partition: int | None = None) -> tuple[str, float]:
-        """Send one event (round-robin over partitions unless given); returns (id, sent-at)."""
-        if partition is None:
-            partition = self.partitions[self._next % len(self.partitions)]
-            self._next += 1
-        event_id = str(uuid.uuid4())
-        sent_at = time.time()
-        self._producer.send(
-            self.settings.events_topic,
-            key=event.key,
-            value=event.data,
-            partition=partition,
-            headers=event_headers(event_id, sent_at, event.content_type),
-        )
-        return event_id, sent_at
-
-    def flush(self) -> None:
-        self._producer.flush()
-
-    def close(self) -> None:
-        self._producer.close(timeout=10)
 
 
 class WorkerProcess:
@@ -395,12 +229,13 @@ def phase(
     log_dir: Path,
     extra_env: Mapping[str, str] | None = None,
     broker_pid: int | None = None,
+    generator: str = DEFAULT_GENERATOR,
 ) -> Iterator[Phase]:
     """Fresh topics and group, a reader, a publisher and a warmed-up worker (``extra_env`` in its
-    environment); all torn down after. ``broker_pid``: the local broker's, for its CPU time."""
+    environment); all torn down after. ``broker_pid``: the local broker's, for its CPU time;
+    ``generator``: the publisher's and reader's Kafka client (:mod:`worker.bench.loadgen`)."""
     settings = phase_settings(base, bootstrap, tag)
-    reader = FindingReader(bootstrap, settings)
-    pub = Publisher(bootstrap, settings)
+    pub, reader = open_clients(generator, bootstrap, settings)
     worker: WorkerProcess | None = None
     try:
         worker = WorkerProcess(settings, processes, naive, log_dir / f"{tag}.log", extra_env)

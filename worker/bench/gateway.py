@@ -41,7 +41,7 @@ from typing import Any, Final
 from kafka import TopicPartition
 
 from worker import broker
-from worker.bench.e2e import BenchError
+from worker.bench import BenchError
 from worker.gateway.service import Gateway
 from worker.phantoms import ct_slice, encode_ct
 from worker.runtime import kafka as kafka_clients

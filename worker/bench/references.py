@@ -22,7 +22,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from worker.bench.e2e import Event
+from worker.bench.loadgen import Event
 from worker.contract import DICOM_TYPE, JSON_TYPE
 from worker.runtime.publisher import reference_allow_line
 

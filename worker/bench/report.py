@@ -128,6 +128,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         f"Provider: `{result.get('provider', '?')}`; cores: {result.get('cores', '?')}; "
         f"broker: {result.get('broker', '?')}; wall time: {_fmt(result.get('wall_s'))} s."
     )
+    if "load_generator" in result:  # the client that published the events and read answers
+        out.append(f"Load generator: {result['load_generator']}.")
     out += ["", f"Reproduce: `{result.get('command', 'scanstream bench')}`", ""]
     if "limit_img_s" in result:
         out += ["## Throughput (images/s)", ""]

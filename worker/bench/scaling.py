@@ -25,12 +25,13 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from worker.bench import e2e
-from worker.bench.e2e import Arrival, BenchError, Event, Phase
+from worker.bench import BenchError, e2e
+from worker.bench.e2e import Phase
+from worker.bench.loadgen import DEFAULT_GENERATOR, Arrival, Event, describe, open_clients
 from worker.bench.report import latency_summary
 from worker.settings import Settings
 
@@ -40,6 +41,8 @@ REMOVE_AT_S: Final = 16.0
 PACED_S: Final = 26.0
 WINDOW_S: Final = 8.0
 _TIMEOUT_S: Final = 180.0
+
+Phased = AbstractContextManager[tuple[Phase, "WorkerGroup"]]
 
 
 class WorkerGroup:
@@ -86,12 +89,17 @@ class WorkerGroup:
 
 @contextmanager
 def group_phase(
-    base: Settings, bootstrap: str, tag: str, count: int, warm_event: Event, log_dir: Path
+    base: Settings,
+    bootstrap: str,
+    tag: str,
+    count: int,
+    warm_event: Event,
+    log_dir: Path,
+    generator: str = DEFAULT_GENERATOR,
 ) -> Iterator[tuple[Phase, WorkerGroup]]:
     """Fresh topics and group, a reader, a publisher and ``count`` warmed-up workers."""
     settings = e2e.phase_settings(base, bootstrap, tag)
-    reader = e2e.FindingReader(bootstrap, settings)
-    pub = e2e.Publisher(bootstrap, settings)
+    pub, reader = open_clients(generator, bootstrap, settings)
     group: WorkerGroup | None = None
     try:
         group = WorkerGroup(settings, count, log_dir, tag)
@@ -158,10 +166,11 @@ def _saturation(ph: Phase, events: Sequence[Event], n: int) -> dict[str, Any]:
     return {"img_s": max(r["img_s"] for r in runs), "bursts_img_s": [r["img_s"] for r in runs]}
 
 
-def bench_scaling(settings: Settings) -> dict[str, Any]:
+def bench_scaling(settings: Settings, generator: str = DEFAULT_GENERATOR) -> dict[str, Any]:
     """Throughput per process for 1-3 processes, by image size, and the rebalance pauses."""
     from worker.bench.suite import _kafka, _say, build_workload, noise_hu_from_env
 
+    load_generator = describe(generator)  # fails at once if its client is not installed
     started = time.monotonic()
     noise = noise_hu_from_env()
     big, small = build_workload(noise_hu=noise), build_workload(size=256, noise_hu=noise)
@@ -169,19 +178,20 @@ def bench_scaling(settings: Settings) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="scanstream-scaling-") as tmp_name:
         tmp = Path(tmp_name)
         with _kafka(settings, tmp) as (bootstrap, where, _):
+
+            def workers(tag: str, count: int, warm: Event) -> Phased:
+                return group_phase(settings, bootstrap, tag, count, warm, tmp, generator)
+
             for count in PROCESSES:
-                with group_phase(settings, bootstrap, f"scale{count}", count, big[0], tmp) as (
-                    ph,
-                    _,
-                ):
+                with workers(f"scale{count}", count, big[0]) as (ph, _):
                     got = _saturation(ph, big, 300 * count)
                 rows.append({"processes": count, **got, "per_process": got["img_s"] / count})
                 _say(f"scaling: {count} processes, {got['img_s']} img/s")
-            with group_phase(settings, bootstrap, "size256", 1, small[0], tmp) as (ph, _):
+            with workers("size256", 1, small[0]) as (ph, _):
                 small_rate = _saturation(ph, small, 600)
             _say(f"scaling: 256x256 slices, 1 process, {small_rate['img_s']} img/s")
             rate = 0.5 * float(rows[1]["img_s"])
-            with group_phase(settings, bootstrap, "rebalance", 2, big[0], tmp) as (ph, group):
+            with workers("rebalance", 2, big[0]) as (ph, group):
                 changes = [
                     (ADD_AT_S, "scale_up_2_to_3", group.add),
                     (REMOVE_AT_S, "scale_down_3_to_2", group.stop_one),
@@ -196,6 +206,7 @@ def bench_scaling(settings: Settings) -> dict[str, Any]:
         "wall_s": round(time.monotonic() - started, 1),
         "partitions": e2e.PARTITIONS,
         "broker": where,
+        "load_generator": load_generator,
         "noise_hu": noise,
         "throughput": rows,
         "size256_1_process_img_s": small_rate["img_s"],

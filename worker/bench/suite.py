@@ -51,8 +51,8 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from worker import broker
-from worker.bench import e2e
-from worker.bench.e2e import BenchError, Event
+from worker.bench import BenchError, e2e
+from worker.bench.loadgen import DEFAULT_GENERATOR, Event, describe
 from worker.bench.references import write_references
 from worker.bench.report import write_reports
 from worker.contract import ScanEvent
@@ -247,9 +247,11 @@ def _clamp(value: float, low: int, high: int) -> int:
     return int(min(high, max(low, round(value))))
 
 
-def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
+def bench_e2e(settings: Settings, cores: int, generator: str = DEFAULT_GENERATOR) -> dict[str, Any]:
     """Compute limit, saturation (1 and 2 processes, naive, reference events) and latency
-    against load."""
+    against load; ``generator``: the Kafka client that publishes and reads back
+    (:mod:`worker.bench.loadgen`)."""
+    load_generator = describe(generator)  # fails at once if its client is not installed
     noise_hu = noise_hu_from_env()
     events = build_workload(noise_hu=noise_hu)
     _say(f"workload: {len(events)} events per cycle; compute limit, 1 process ...")
@@ -276,7 +278,7 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
                 ("thread", 1, False, n_sat, events, {"SCANSTREAM_COMPUTE_PROCESS": "false"}),
             ):
                 args = (settings, bootstrap, tag, processes, naive, work[0], tmp, env, broker_pid)
-                with e2e.phase(*args) as ph:
+                with e2e.phase(*args, generator=generator) as ph:
                     runs = [e2e.saturate(ph, work, n, _TIMEOUT_S) for _ in range(_BURSTS)]
                 # As for the limit: the best burst is the one least disturbed by other load.
                 phases[tag] = {"img_s": max(r["img_s"] for r in runs), "bursts": runs}
@@ -289,8 +291,9 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
                 offered, tag = load * saturation, f"load{int(load * 100)}"
                 n = _clamp(15 * offered, 150, 900)  # ~15 s: enough samples for a p99
                 with e2e.phase(
-                    settings, bootstrap, tag, 1, False, events[0], tmp, broker_pid=broker_pid
-                ) as ph:
+                    settings, bootstrap, tag, 1, False, events[0], tmp,
+                    broker_pid=broker_pid, generator=generator,
+                ) as ph:  # fmt: skip
                     row = {"load": load, **e2e.paced(ph, events, offered, n, _TIMEOUT_S)}
                 latency.append(row)
                 _say(f"load {load:.0%}: p50 {row.get('p50_ms')} ms, p99 {row.get('p99_ms')} ms")
@@ -329,6 +332,7 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
         "provider_note": limit1["provider_note"],
         "cores": cores,
         "broker": where,
+        "load_generator": load_generator,
         "latency": latency,
         "latency_definition": LATENCY_DEFINITION,
         "phases": phases,
@@ -337,11 +341,19 @@ def bench_e2e(settings: Settings, cores: int) -> dict[str, Any]:
     }
 
 
-def run_bench(stage: str, results_dir: Path, instances: int | None = None) -> dict[str, Any]:
+def run_bench(
+    stage: str,
+    results_dir: Path,
+    instances: int | None = None,
+    generator: str = DEFAULT_GENERATOR,
+) -> dict[str, Any]:
     """Run ``stage`` (all, imaging, inference, e2e, gateway), write the reports, return the
-    result. ``instances``: the CT slices the gateway stage sends (default 200)."""
+    result. ``instances``: the CT slices the gateway stage sends (default 200); ``generator``:
+    the e2e and scaling stages' load generator (:mod:`worker.bench.loadgen`)."""
     started = time.monotonic()
     command = f"scanstream bench --stage {stage} --results {results_dir}"
+    if generator != DEFAULT_GENERATOR:
+        command += f" --generator {generator}"
     if stage == "imaging":
         from worker.bench.imaging import bench_imaging
 
@@ -359,7 +371,7 @@ def run_bench(stage: str, results_dir: Path, instances: int | None = None) -> di
     elif stage == "scaling":
         from worker.bench.scaling import bench_scaling
 
-        stage_result = bench_scaling(Settings.from_env())
+        stage_result = bench_scaling(Settings.from_env(), generator)
     elif stage in ("e2e", "all"):
         stage_result = {}
     else:
@@ -382,7 +394,7 @@ def run_bench(stage: str, results_dir: Path, instances: int | None = None) -> di
         except BenchError as exc:
             nested["gateway"] = {"skipped": str(exc)}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    result = bench_e2e(Settings.from_env(), cores or 1)
+    result = bench_e2e(Settings.from_env(), cores or 1, generator)
     result.update(nested)
     result["wall_s"] = round(time.monotonic() - started, 1)
     result["command"] = command

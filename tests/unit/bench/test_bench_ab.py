@@ -10,10 +10,10 @@ from worker.bench.ab import _variant, figures, order, summarize
 
 
 def test_rounds_alternate_which_variant_runs_first() -> None:
-    variants = [("a", {}), ("b", {"X": "1"}), ("c", {})]
-    assert [t for t, _ in order(variants, 0)] == ["a", "b", "c"]
-    assert [t for t, _ in order(variants, 1)] == ["c", "b", "a"]
-    assert [t for t, _ in order(variants, 2)] == ["a", "b", "c"]
+    variants = [("a", {}, "librdkafka"), ("b", {"X": "1"}, "librdkafka"), ("c", {}, "kafka-python")]
+    assert [t for t, _, _ in order(variants, 0)] == ["a", "b", "c"]
+    assert [t for t, _, _ in order(variants, 1)] == ["c", "b", "a"]
+    assert [t for t, _, _ in order(variants, 2)] == ["a", "b", "c"]
 
 
 def test_the_summary_takes_medians_and_counts_paired_rounds() -> None:
@@ -31,23 +31,31 @@ def test_the_summary_takes_medians_and_counts_paired_rounds() -> None:
     assert summary["b"]["lower_than_a"] == {"p50_ms": "2 of 2", "p99_ms": "1 of 2"}
 
 
-def test_figures_take_the_arrival_wait_from_the_worker_stage_means() -> None:
+def test_figures_take_the_arrival_wait_from_the_worker_stage_means_and_cpu_by_role() -> None:
     row = {"p50_ms": 1.0, "p99_ms": 2.0, "worker_stage_means": {"arrival_ms": 3.0}}
-    assert figures(row) == {
+    cpu = {"cpu_ms_per_event": {"worker": 8.1, "broker": 2.0, "bench": 0.5}, "cores_busy": 1.2}
+    assert figures(row, cpu) == {
         "p50_ms": 1.0,
         "p99_ms": 2.0,
         "wait_p99_ms": None,
         "compute_p50_ms": None,
         "arrival_ms": 3.0,
+        "worker_cpu_ms": 8.1,
+        "broker_cpu_ms": 2.0,
+        "bench_cpu_ms": 0.5,
+        "cores_busy": 1.2,
     }
+    assert figures(row)["cores_busy"] is None  # not measured: no figure, not a zero
 
 
-def test_a_variant_is_a_tag_and_a_json_object() -> None:
+def test_a_variant_is_a_tag_a_load_generator_and_a_json_object() -> None:
     assert _variant('fast={"SCANSTREAM_COMMIT_INTERVAL_MS": 0}') == (
         "fast",
         {"SCANSTREAM_COMMIT_INTERVAL_MS": "0"},
+        "librdkafka",
     )
-    assert _variant("base={}") == ("base", {})
-    for bad in ("base", "={}", "base=[1]", "base={not json"):
+    assert _variant("base={}") == ("base", {}, "librdkafka")
+    assert _variant("kp:kafka-python={}") == ("kp", {}, "kafka-python")
+    for bad in ("base", "={}", "base=[1]", "base={not json", "x:rdkafka={}", ":librdkafka={}"):
         with pytest.raises(argparse.ArgumentTypeError):
             _variant(bad)

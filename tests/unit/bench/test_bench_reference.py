@@ -79,9 +79,11 @@ def test_bench_e2e_runs_a_reference_phase_and_reports_it(monkeypatch: pytest.Mon
     def fake_phase(
         settings: Settings, bootstrap: str, tag: str, processes: int, naive: bool,
         warm: e2e.Event, log_dir: Path, extra_env: dict[str, str] | None = None,
-        broker_pid: int | None = None,
+        broker_pid: int | None = None, generator: str = "",
     ) -> Iterator[str]:  # fmt: skip
-        calls[tag] = {"warm": warm, "env": extra_env, "broker_pid": broker_pid}
+        calls[tag] = {
+            "warm": warm, "env": extra_env, "broker_pid": broker_pid, "generator": generator
+        }  # fmt: skip
         yield tag
 
     def fake_saturate(tag: str, events: Any, n: int, timeout_s: float) -> dict[str, Any]:
@@ -103,7 +105,7 @@ def test_bench_e2e_runs_a_reference_phase_and_reports_it(monkeypatch: pytest.Mon
     monkeypatch.setattr(e2e, "phase", fake_phase)
     monkeypatch.setattr(e2e, "saturate", fake_saturate)
     monkeypatch.setattr(e2e, "paced", fake_paced)
-    result = suite.bench_e2e(Settings(), 2)
+    result = suite.bench_e2e(Settings(), 2, "kafka-python")
 
     assert result["e2e_reference_img_s"] == 81.23
     assert result["ratio_to_limit_reference"] == 0.812  # rounded as ratio_to_limit is
@@ -115,6 +117,9 @@ def test_bench_e2e_runs_a_reference_phase_and_reports_it(monkeypatch: pytest.Mon
     assert ref["warm"].content_type == JSON_TYPE  # the warm-up reads a file too
     # Every phase is told the local broker's pid, for the CPU table.
     assert {c["broker_pid"] for c in calls.values()} == {4242}
+    # And every phase uses the load generator asked for, which the result names.
+    assert {c["generator"] for c in calls.values()} == {"kafka-python"}
+    assert result["load_generator"].startswith("kafka-python 3.")
     assert calls["thread"]["env"] == {"SCANSTREAM_COMPUTE_PROCESS": "false"}
     assert calls["thread"]["n"] == calls["worker1"]["n"]
     assert result["e2e_thread_img_s"] == 120.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.bench.e2e import Arrival
+from worker.bench.loadgen import Arrival
 from worker.bench.report import render_markdown, write_reports
 from worker.bench.scaling import pause_after
 

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.bench.e2e import BenchError, pacing_schedule
+from worker.bench import BenchError
+from worker.bench.e2e import pacing_schedule
 from worker.bench.naive import handle
 from worker.bench.report import (
     latency_summary,
@@ -155,6 +156,7 @@ def _result() -> dict[str, Any]:
         "provider": "CPUExecutionProvider",
         "cores": 2,
         "broker": "local",
+        "load_generator": "librdkafka 2.16.0 (confluent-kafka 2.16.2)",
         "latency": latency,
         "latency_definition": "arrival minus sent",
         "command": "scanstream bench --stage all --results results",
@@ -181,6 +183,7 @@ def test_markdown_shows_throughput_latency_and_targets() -> None:
     assert "| saturation burst 1 | 50.0 | n/a |" in md  # stage means, missing ones as n/a
     assert "## Imaging stage" in md and "total_ms_per_slice" in md
     assert "`scanstream bench --stage all --results results`" in md
+    assert "Load generator: librdkafka 2.16.0 (confluent-kafka 2.16.2)." in md
 
 
 def test_markdown_of_a_stage_result_has_no_e2e_tables() -> None:
@@ -277,8 +280,17 @@ def test_all_records_why_the_gateway_figures_are_missing(
     monkeypatch.setattr(gateway, "dcmtk_tools", no_dcmtk)
     monkeypatch.setattr(imaging, "bench_imaging", lambda: {"total_ms_per_slice": 4.2})
     monkeypatch.setattr(inference, "bench_inference", lambda: {"batched_img_s": 9000.0})
-    monkeypatch.setattr(suite, "bench_e2e", lambda settings, cores: dict(_result()))
-    result = run_bench("all", tmp_path)
+    generators: list[str] = []
+
+    def fake_e2e(settings: Settings, cores: int, generator: str) -> dict[str, Any]:
+        generators.append(generator)
+        return dict(_result())
+
+    monkeypatch.setattr(suite, "bench_e2e", fake_e2e)
+    result = run_bench("all", tmp_path, generator="kafka-python")
+    # The load generator asked for reaches the end-to-end stage and the command to reproduce.
+    assert generators == ["kafka-python"]
+    assert result["command"].endswith("--generator kafka-python")
     assert result["gateway"] == {
         "skipped": "bench --stage gateway needs dcmtk's storescu and storescp on PATH"
     }
