@@ -156,3 +156,15 @@ def test_acls_export_names_the_sr_topic_its_group_and_the_dead_letters(
         Grant("group", "scanstream-export-dicom-PACS-10.0.0.5-104", "Read"),
         Grant("topic", "scans.dlq", "Write"),
     ]
+
+
+def test_bench_offers_exactly_the_load_generators_and_defaults_to_librdkafka() -> None:
+    from worker.bench.loadgen import DEFAULT_GENERATOR, GENERATORS
+    from worker.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["bench"]).generator == DEFAULT_GENERATOR
+    for generator in GENERATORS:
+        assert parser.parse_args(["bench", "--generator", generator]).generator == generator
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--generator", "rdkafka"])

@@ -255,13 +255,17 @@ class KafkaPythonReader(FindingReader):
             max_partition_fetch_bytes=settings.max_message_bytes + _HEADROOM,
             **client_security(settings),
         )
-        tps = [
-            TopicPartition(topic, p)
-            for topic in (settings.findings_topic, settings.dlq_topic)
-            for p in known_partitions(self._consumer.partitions_for_topic, topic)
-        ]
-        self._consumer.assign(tps)
-        self._consumer.seek_to_beginning(*tps)
+        try:
+            tps = [
+                TopicPartition(topic, p)
+                for topic in (settings.findings_topic, settings.dlq_topic)
+                for p in known_partitions(self._consumer.partitions_for_topic, topic)
+            ]
+            self._consumer.assign(tps)
+            self._consumer.seek_to_beginning(*tps)
+        except BaseException:
+            self._consumer.close()
+            raise
         super().__init__(settings, [(tp.topic, tp.partition) for tp in tps])
         self._start()
 
@@ -405,13 +409,17 @@ class LibrdkafkaReader(FindingReader):
             }
         )
         partitions_for = _librdkafka_partitions(self._consumer)
-        pairs = [
-            (topic, p)
-            for topic in (settings.findings_topic, settings.dlq_topic)
-            for p in known_partitions(partitions_for, topic)
-        ]
-        begin = ck.OFFSET_BEGINNING
-        self._consumer.assign([ck.TopicPartition(t, p, begin) for t, p in pairs])
+        try:
+            pairs = [
+                (topic, p)
+                for topic in (settings.findings_topic, settings.dlq_topic)
+                for p in known_partitions(partitions_for, topic)
+            ]
+            begin = ck.OFFSET_BEGINNING
+            self._consumer.assign([ck.TopicPartition(t, p, begin) for t, p in pairs])
+        except BaseException:
+            self._consumer.close()
+            raise
         super().__init__(settings, pairs)
         self._start()
 

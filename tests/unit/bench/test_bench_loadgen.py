@@ -1,6 +1,6 @@
 """The load generator without a broker: partitions it waits for, the librdkafka configuration of
 each security setting, the answers it parses, a failed delivery and an unknown generator.
-(tests/integration/test_bench_loadgen.py runs both generators against real brokers.)"""
+(tests/integration/test_bench_loadgen_broker.py runs both generators against real brokers.)"""
 
 from __future__ import annotations
 
