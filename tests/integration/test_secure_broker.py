@@ -343,7 +343,8 @@ def test_the_gateway_works_over_sasl_ssl_with_only_its_documented_acls(
 
 def test_the_bench_load_generator_works_over_sasl_ssl(secure: SecureBroker) -> None:
     """The benchmark's librdkafka publisher and reader, configured from the same settings as
-    the worker (worker.bench.loadgen.librdkafka_security): SCRAM over TLS with the broker's CA."""
+    the worker (worker.bench.librdkafka.librdkafka_security): SCRAM over TLS with the broker's
+    CA."""
     ns = _namespace(secure)
     admin = secure.admin.namespaced(ns).replace(bootstrap_servers=secure.bootstrap)
     assert admin.security_protocol == "SASL_SSL" and admin.ssl_cafile

@@ -23,7 +23,7 @@ The worker is the same in both. Reproduce with
 Both generators use the same settings: acks from all replicas, idempotence and a 2 ms linger for
 the events, as the worker's producer; findings and dead letters read from the beginning of every
 partition with a fetch that waits at most 50 ms at the broker; and the same TLS and SASL settings
-(:func:`librdkafka_security` for librdkafka).
+(:func:`worker.bench.librdkafka.librdkafka_security` for librdkafka).
 
 >>> GENERATORS
 ('librdkafka', 'kafka-python')
@@ -32,13 +32,12 @@ partition with a fetch that waits at most 50 ms at the broker; and the same TLS 
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -55,9 +54,9 @@ DEFAULT_GENERATOR = GENERATORS[0]
 #: A finding or dead letter as a client hands it over: (topic, value, headers).
 Fetched = tuple[str, bytes | None, Sequence[tuple[str, bytes | None]]]
 
-_FETCH_WAIT_MS = 50  # an answer should not sit at the broker: it is the latency
-_LINGER_MS = 2  # the worker's producer's linger (worker.runtime.kafka.producer)
-_HEADROOM = 1 << 20  # headers and batch framing on top of the largest value
+FETCH_WAIT_MS = 50  # an answer should not sit at the broker: it is the latency
+LINGER_MS = 2  # the worker's producer's linger (worker.runtime.kafka.producer)
+HEADROOM = 1 << 20  # headers and batch framing on top of the largest value
 
 
 @dataclass(frozen=True)
@@ -251,8 +250,8 @@ class KafkaPythonReader(FindingReader):
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
-            fetch_max_wait_ms=_FETCH_WAIT_MS,
-            max_partition_fetch_bytes=settings.max_message_bytes + _HEADROOM,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
+            max_partition_fetch_bytes=settings.max_message_bytes + HEADROOM,
             **client_security(settings),
         )
         try:
@@ -277,173 +276,16 @@ class KafkaPythonReader(FindingReader):
         self._consumer.close()
 
 
-# -- librdkafka (confluent-kafka) -------------------------------------------------------------
-
-
-def _confluent() -> Any:
-    try:
-        import confluent_kafka
-    except ImportError as exc:
-        raise BenchError(
-            "the benchmark's default load generator (librdkafka) needs confluent-kafka: "
-            "pip install 'scanstream[bench]', or run with --generator kafka-python"
-        ) from exc
-    return confluent_kafka
-
-
-def librdkafka_security(settings: Settings) -> dict[str, Any]:
-    """librdkafka configuration for the settings' TLS and SASL, as
-    :func:`worker.runtime.security.client_security` is for kafka-python. Without a CA file,
-    the system's CAs are used (``probe``). OAUTHBEARER sends the configured token, valid for
-    an hour from each refresh.
-
-    >>> librdkafka_security(Settings())
-    {'security.protocol': 'PLAINTEXT'}
-    """
-    protocol = settings.security_protocol
-    conf: dict[str, Any] = {"security.protocol": protocol}
-    if protocol.endswith("SSL"):
-        conf["ssl.ca.location"] = settings.ssl_cafile or "probe"
-        conf["ssl.endpoint.identification.algorithm"] = (
-            "https" if settings.ssl_check_hostname else "none"
-        )
-        if settings.ssl_certfile:
-            conf["ssl.certificate.location"] = settings.ssl_certfile
-        if settings.ssl_keyfile:
-            conf["ssl.key.location"] = settings.ssl_keyfile
-    if protocol.startswith("SASL_"):
-        conf["sasl.mechanism"] = settings.sasl_mechanism
-        secret = settings.sasl_password
-        if settings.sasl_mechanism == "OAUTHBEARER":
-            conf["oauth_cb"] = lambda _config: (secret.reveal(), time.time() + 3600)
-        else:
-            conf["sasl.username"] = settings.sasl_username
-            conf["sasl.password"] = secret.reveal()
-    return conf
-
-
-def _librdkafka_common(bootstrap: str, settings: Settings) -> dict[str, Any]:
-    # Its log lines go through this process's logging, not straight to stderr.
-    logger = logging.getLogger("worker.bench.librdkafka")
-    return {"bootstrap.servers": bootstrap, "logger": logger, **librdkafka_security(settings)}
-
-
-def _librdkafka_partitions(client: Any) -> Callable[[str], list[int] | None]:
-    def partitions_for(topic: str) -> list[int] | None:
-        found = client.list_topics(topic, timeout=10).topics.get(topic)
-        return None if found is None or found.error is not None else list(found.partitions)
-
-    return partitions_for
-
-
-class LibrdkafkaPublisher:
-    """The events through librdkafka, with the worker's producer's acks, idempotence and
-    linger. A failed delivery fails the next :meth:`flush`."""
-
-    def __init__(self, bootstrap: str, settings: Settings) -> None:
-        ck = _confluent()
-        self.settings = settings
-        self._producer: Any = ck.Producer(
-            {
-                **_librdkafka_common(bootstrap, settings),
-                "acks": "all",
-                "enable.idempotence": True,
-                "linger.ms": _LINGER_MS,
-                "message.max.bytes": settings.max_message_bytes + _HEADROOM,
-            }
-        )
-        topic = settings.events_topic
-        self.partitions = known_partitions(_librdkafka_partitions(self._producer), topic)
-        self._next = 0
-        self._failed: list[str] = []
-
-    def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._failed.append(str(err))
-
-    def send(self, event: Event, partition: int | None = None) -> tuple[str, float]:
-        if partition is None:
-            partition = self.partitions[self._next % len(self.partitions)]
-            self._next += 1
-        event_id = str(uuid.uuid4())
-        sent_at = time.time()
-        self._producer.produce(
-            self.settings.events_topic,
-            key=event.key,
-            value=event.data,
-            partition=partition,
-            headers=event_headers(event_id, sent_at, event.content_type),
-            on_delivery=self._delivered,
-        )
-        self._producer.poll(0)  # serves delivery reports, so that they do not pile up
-        return event_id, sent_at
-
-    def flush(self) -> None:
-        left = self._producer.flush(60)
-        if left or self._failed:
-            raise BenchError(
-                f"the load generator could not deliver {left + len(self._failed)} event(s): "
-                f"{self._failed[:1] or 'not acknowledged within 60 s'}"
-            )
-
-    def close(self) -> None:
-        self._producer.flush(10)
-        # Dropping the last reference destroys the client (close() is not in every
-        # confluent-kafka version), so that it does not outlive the broker and log about it.
-        self._producer = None
-
-
-class LibrdkafkaReader(FindingReader):
-    def __init__(self, bootstrap: str, settings: Settings) -> None:
-        ck = _confluent()
-        largest = settings.max_message_bytes + _HEADROOM  # a dead letter carries an event
-        self._consumer: Any = ck.Consumer(
-            {
-                **_librdkafka_common(bootstrap, settings),
-                "group.id": f"bench-reader-{uuid.uuid4().hex}",  # required; never joined
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": _FETCH_WAIT_MS,
-                "fetch.message.max.bytes": largest,
-                "fetch.max.bytes": max(52428800, 2 * largest),
-                "receive.message.max.bytes": max(52428800, 2 * largest) + _HEADROOM,
-            }
-        )
-        partitions_for = _librdkafka_partitions(self._consumer)
-        try:
-            pairs = [
-                (topic, p)
-                for topic in (settings.findings_topic, settings.dlq_topic)
-                for p in known_partitions(partitions_for, topic)
-            ]
-            begin = ck.OFFSET_BEGINNING
-            self._consumer.assign([ck.TopicPartition(t, p, begin) for t, p in pairs])
-        except BaseException:
-            self._consumer.close()
-            raise
-        super().__init__(settings, pairs)
-        self._start()
-
-    def _fetch(self) -> list[Fetched]:
-        # One blocking poll, then what is already there: consume(n, timeout) would wait the
-        # whole timeout for n records, and every finding would arrive that much later.
-        first = self._consumer.poll(0.02)
-        if first is None:
-            return []
-        records = [first, *self._consumer.consume(num_messages=500, timeout=0)]
-        return [(r.topic(), r.value(), r.headers() or []) for r in records if r.error() is None]
-
-    def _close(self) -> None:
-        self._consumer.close()
-
-
 def open_clients(
     generator: str, bootstrap: str, settings: Settings
 ) -> tuple[Publisher, FindingReader]:
     """A phase's publisher and reader (the reader first: it reads from the beginning anyway,
     and its thread is running before the first event is sent)."""
     if generator == "librdkafka":
-        reader: FindingReader = LibrdkafkaReader(bootstrap, settings)
-        make: Callable[[str, Settings], Publisher] = LibrdkafkaPublisher
+        from worker.bench import librdkafka
+
+        reader: FindingReader = librdkafka.LibrdkafkaReader(bootstrap, settings)
+        make: Callable[[str, Settings], Publisher] = librdkafka.LibrdkafkaPublisher
     elif generator == "kafka-python":
         reader, make = KafkaPythonReader(bootstrap, settings), KafkaPythonPublisher
     else:
@@ -462,7 +304,9 @@ def describe(generator: str) -> str:
     True
     """
     if generator == "librdkafka":
-        ck = _confluent()
+        from worker.bench.librdkafka import confluent
+
+        ck = confluent()
         # version() is a bare string in recent confluent-kafka, a (string, int) pair before.
         client = ck.version()
         client = client if isinstance(client, str) else client[0]
