@@ -22,9 +22,10 @@ from worker.bench.loadgen import (
     Event,
     Fetched,
     FindingReader,
+    Publisher,
+    answer_partitions,
     known_partitions,
 )
-from worker.runtime.publisher import event_headers
 from worker.settings import Settings
 
 
@@ -85,13 +86,12 @@ def _librdkafka_partitions(client: Any) -> Callable[[str], list[int] | None]:
     return partitions_for
 
 
-class LibrdkafkaPublisher:
+class LibrdkafkaPublisher(Publisher):
     """The events through librdkafka, with the worker's producer's acks, idempotence and
     linger. A failed delivery fails the next :meth:`flush`."""
 
     def __init__(self, bootstrap: str, settings: Settings) -> None:
         ck = confluent()
-        self.settings = settings
         self._producer: Any = ck.Producer(
             {
                 **_librdkafka_common(bootstrap, settings),
@@ -101,31 +101,24 @@ class LibrdkafkaPublisher:
                 "message.max.bytes": settings.max_message_bytes + HEADROOM,
             }
         )
-        topic = settings.events_topic
-        self.partitions = known_partitions(_librdkafka_partitions(self._producer), topic)
-        self._next = 0
+        partitions_for = _librdkafka_partitions(self._producer)
+        super().__init__(settings, known_partitions(partitions_for, settings.events_topic))
         self._failed: list[str] = []
 
     def _delivered(self, err: Any, _msg: Any) -> None:
         if err is not None:
             self._failed.append(str(err))
 
-    def send(self, event: Event, partition: int | None = None) -> tuple[str, float]:
-        if partition is None:
-            partition = self.partitions[self._next % len(self.partitions)]
-            self._next += 1
-        event_id = str(uuid.uuid4())
-        sent_at = time.time()
+    def _produce(self, event: Event, partition: int, headers: list[tuple[str, bytes]]) -> None:
         self._producer.produce(
             self.settings.events_topic,
             key=event.key,
             value=event.data,
             partition=partition,
-            headers=event_headers(event_id, sent_at, event.content_type),
+            headers=headers,
             on_delivery=self._delivered,
         )
         self._producer.poll(0)  # serves delivery reports, so that they do not pile up
-        return event_id, sent_at
 
     def flush(self) -> None:
         left = self._producer.flush(60)
@@ -157,13 +150,8 @@ class LibrdkafkaReader(FindingReader):
                 "receive.message.max.bytes": max(52428800, 2 * largest) + HEADROOM,
             }
         )
-        partitions_for = _librdkafka_partitions(self._consumer)
         try:
-            pairs = [
-                (topic, p)
-                for topic in (settings.findings_topic, settings.dlq_topic)
-                for p in known_partitions(partitions_for, topic)
-            ]
+            pairs = answer_partitions(settings, _librdkafka_partitions(self._consumer))
             begin = ck.OFFSET_BEGINNING
             self._consumer.assign([ck.TopicPartition(t, p, begin) for t, p in pairs])
         except BaseException:

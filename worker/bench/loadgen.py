@@ -37,7 +37,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -112,20 +111,54 @@ def known_partitions(
         time.sleep(0.05)
 
 
-class Publisher(Protocol):
-    """Sends workload events with ``event-id`` and ``sent-at`` headers."""
+class Publisher:
+    """Sends workload events with ``event-id`` and ``sent-at`` headers.
 
-    partitions: list[int]
+    A client's part is :meth:`_produce` (one record, not waited for), :meth:`flush` and
+    :meth:`close`; the partition, the id and the send time are chosen here, alike for both.
+    """
+
+    def __init__(self, settings: Settings, partitions: list[int]) -> None:
+        self.settings = settings
+        self.partitions = partitions
+        self._next = 0
 
     def send(self, event: Event, partition: int | None = None) -> tuple[str, float]:
         """Send one event (round-robin over partitions unless given); returns (id, sent-at)."""
-        ...
+        if partition is None:
+            partition = self.partitions[self._next % len(self.partitions)]
+            self._next += 1
+        event_id = str(uuid.uuid4())
+        sent_at = time.time()
+        headers = event_headers(event_id, sent_at, event.content_type)
+        self._produce(event, partition, headers)
+        return event_id, sent_at
+
+    def _produce(self, event: Event, partition: int, headers: list[tuple[str, bytes]]) -> None:
+        raise NotImplementedError
 
     def flush(self) -> None:
         """Wait until every event sent is acknowledged; BenchError if one could not be."""
-        ...
+        raise NotImplementedError
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+def answer_partitions(
+    settings: Settings, partitions_for: Callable[[str], Iterable[int] | None]
+) -> list[tuple[str, int]]:
+    """Every (topic, partition) of the findings and the dead letters, once the client
+    (``partitions_for``) knows them.
+
+    >>> answer_partitions(Settings(findings_topic="f", dlq_topic="d"), lambda t: {1, 0})
+    [('f', 0), ('f', 1), ('d', 0), ('d', 1)]
+    """
+    return [
+        (topic, p)
+        for topic in (settings.findings_topic, settings.dlq_topic)
+        for p in known_partitions(partitions_for, topic)
+    ]
 
 
 class FindingReader:
@@ -213,30 +246,22 @@ class FindingReader:
 # -- kafka-python -----------------------------------------------------------------------------
 
 
-class KafkaPythonPublisher:
+class KafkaPythonPublisher(Publisher):
     """The events through the worker's own producer settings (worker.runtime.kafka)."""
 
     def __init__(self, bootstrap: str, settings: Settings) -> None:
-        self.settings = settings
         self._producer = kafka_clients.producer(bootstrap, settings)
-        topic = settings.events_topic
-        self.partitions = known_partitions(self._producer.partitions_for, topic)
-        self._next = 0
+        partitions_for = self._producer.partitions_for
+        super().__init__(settings, known_partitions(partitions_for, settings.events_topic))
 
-    def send(self, event: Event, partition: int | None = None) -> tuple[str, float]:
-        if partition is None:
-            partition = self.partitions[self._next % len(self.partitions)]
-            self._next += 1
-        event_id = str(uuid.uuid4())
-        sent_at = time.time()
+    def _produce(self, event: Event, partition: int, headers: list[tuple[str, bytes]]) -> None:
         self._producer.send(
             self.settings.events_topic,
             key=event.key,
             value=event.data,
             partition=partition,
-            headers=event_headers(event_id, sent_at, event.content_type),
+            headers=headers,
         )
-        return event_id, sent_at
 
     def flush(self) -> None:
         self._producer.flush()
@@ -255,17 +280,14 @@ class KafkaPythonReader(FindingReader):
             **client_security(settings),
         )
         try:
-            tps = [
-                TopicPartition(topic, p)
-                for topic in (settings.findings_topic, settings.dlq_topic)
-                for p in known_partitions(self._consumer.partitions_for_topic, topic)
-            ]
+            pairs = answer_partitions(settings, self._consumer.partitions_for_topic)
+            tps = [TopicPartition(topic, p) for topic, p in pairs]
             self._consumer.assign(tps)
             self._consumer.seek_to_beginning(*tps)
         except BaseException:
             self._consumer.close()
             raise
-        super().__init__(settings, [(tp.topic, tp.partition) for tp in tps])
+        super().__init__(settings, pairs)
         self._start()
 
     def _fetch(self) -> list[Fetched]:
